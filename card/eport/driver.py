@@ -1,0 +1,111 @@
+"""What the agent needs from an E-Port card, independent of how it is reached.
+
+`EPortSession` implements this over the project's APDU profile. A driver for real
+hardware (a vendor SKF or PKCS#11 library) would implement the same protocol; the
+agent depends only on this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from card.crypto.sm2 import raw_to_der
+
+
+class CardType(StrEnum):
+    LEGAL_PERSON = "legal_person"  # 法人卡
+    OPERATOR = "operator"  # 操作员卡
+
+
+class SignAlgorithm(StrEnum):
+    SM2_SM3 = "SM2-SM3"
+    RSA_SHA1 = "RSA-SHA1"
+    RSA_SHA256 = "RSA-SHA256"
+
+    @property
+    def digest_size(self) -> int:
+        return 20 if self is SignAlgorithm.RSA_SHA1 else 32
+
+
+class CertSlot(StrEnum):
+    SIGN = "sign"
+    ENCRYPT = "encrypt"
+
+
+def mask_card_number(number: str) -> str:
+    """Keep the last four characters: enough for staff to match a card, not to copy it."""
+    if len(number) <= 4:
+        return "*" * len(number)
+    return "*" * (len(number) - 4) + number[-4:]
+
+
+@dataclass(frozen=True)
+class CardInfo:
+    card_number: str
+    holder_name: str
+    company_name: str
+    uscc: str  # unified social credit code, 18 characters
+    card_type: CardType
+    enterprise_code: str | None = None
+
+    @property
+    def masked_card_number(self) -> str:
+        return mask_card_number(self.card_number)
+
+
+@dataclass(frozen=True)
+class PinStatus:
+    tries_left: int | None  # None when the card is verified (the count is not reported)
+    blocked: bool
+    verified: bool
+
+
+@dataclass(frozen=True)
+class Signature:
+    algorithm: SignAlgorithm
+    value: bytes  # SM2: raw r||s (64 bytes, as the official client); RSA: PKCS#1 v1.5
+    digest: bytes  # what the card signed: SM2 e = SM3(Z||M); RSA the message hash
+
+    def der(self) -> bytes:
+        """SM2 as a DER SEQUENCE of r and s; RSA signatures have no other form."""
+        if self.algorithm is SignAlgorithm.SM2_SM3:
+            return raw_to_der(self.value)
+        return self.value
+
+
+class CardDriver(Protocol):
+    @property
+    def atr(self) -> bytes: ...
+
+    @property
+    def algorithm(self) -> SignAlgorithm: ...
+
+    def card_info(self) -> CardInfo: ...
+
+    def certificate(self, slot: CertSlot = CertSlot.SIGN) -> bytes:
+        """The X.509 certificate, DER."""
+        ...
+
+    def pin_status(self) -> PinStatus:
+        """Never spends a try."""
+        ...
+
+    def verify_pin(self, pin: str) -> None:
+        """Raises WrongPinError (tries_left) / PinBlockedError / InvalidPinFormat."""
+        ...
+
+    def change_pin(self, old_pin: str, new_pin: str) -> None: ...
+
+    def sign(self, message: bytes) -> Signature:
+        """Hash on the host as the card's algorithm requires, then sign."""
+        ...
+
+    def sign_digest(self, digest: bytes) -> Signature:
+        """Sign a precomputed digest (SM2: e = SM3(Z||M); RSA: the message hash)."""
+        ...
+
+    def logout(self) -> None:
+        """End the verified state on the card."""
+        ...

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the Debian packages card-agent's tests and PC/SC path need. Idempotent:
+# does nothing when everything is already there. Needs root (or sudo).
+set -euo pipefail
+
+PKGS=(pcscd libpcsclite-dev vsmartcard-vpcd pcsc-tools opensc swig openssl
+      mosquitto mosquitto-clients)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "need root to install: ${missing[*]}" >&2; exit 1; }
+  SUDO="sudo"
+fi
+echo "installing Debian packages: ${missing[*]}" >&2
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
