@@ -1,0 +1,398 @@
+"""Append-only, hash-chained audit log (JSON lines) in the agent's state directory.
+
+Why this shape:
+- One JSON object per line, written by a single ``os.write`` on an O_APPEND fd and fsynced
+  before ``append`` returns: an audit id handed to a client names a record already on disk.
+- Each record's ``prev`` is the SHA-256 of the previous line's exact bytes, so editing,
+  deleting or reordering records breaks the chain at a line ``verify_audit_log`` reports.
+  Dropping the newest records leaves a valid chain: detecting that needs an anchor kept
+  elsewhere (e.g. the last seq/hash sent with telemetry).
+- Every record is fsynced before the next write starts, so a crash (kill -9, power loss)
+  can only tear the LAST line. Opening the log detects that, moves the torn bytes to a
+  quarantine file and logs ``log_recovered``: never silently accepted nor silently dropped.
+  Anything worse than one bad trailing line is not a crash and is refused.
+- Synchronous and thread-safe: fsync blocks, so the service calls it via asyncio.to_thread.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import itertools
+import json
+import os
+import secrets
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+__all__ = [
+    "MAX_LINE_BYTES",
+    "ZERO_HASH",
+    "AuditLog",
+    "AuditLogCorrupt",
+    "AuditLogError",
+    "AuditRecord",
+    "AuditVerifyResult",
+    "verify_audit_log",
+]
+
+ZERO_HASH = "0" * 64
+# Records are small (titles, digests, ids). A cap keeps a garbage line from costing
+# unbounded memory in verify/recovery, and it is the same limit on both sides.
+MAX_LINE_BYTES = 64 * 1024
+_BLOCK = 64 * 1024
+
+# Defence in depth: the service never means to log these, so a field with such a name is
+# a bug to surface loudly rather than a secret to write to disk. Matched case-insensitively,
+# also inside nested objects.
+_SECRET_KEYS = frozenset({"pin", "passwd", "password", "token", "new_pin", "old_pin", "data"})
+_SECRET_SUFFIXES = ("_pin", "_passwd", "_password", "_token", "_secret")
+_RESERVED_KEYS = frozenset({"seq", "id", "time", "prev", "event"})
+
+
+class AuditLogError(Exception):
+    """The audit log cannot be used (in use elsewhere, or an earlier write failed)."""
+
+
+class AuditLogCorrupt(AuditLogError):
+    """The tail is damaged beyond what a crash can produce: needs an operator."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    seq: int
+    id: str
+    time: str
+    prev: str
+    event: str
+    fields: Mapping[str, Any]
+    line_sha256: str  # what the next record's ``prev`` will be
+
+
+@dataclass(frozen=True, slots=True)
+class AuditVerifyResult:
+    ok: bool
+    records: int  # records verified good before the first bad line (all of them if ok)
+    first_bad_line: int | None  # 1-based
+    reason: str | None
+    torn_tail: bool  # the last line is what the agent quarantines on its next start
+
+
+def _check_keys(fields: Mapping[str, object], *, top: bool) -> None:
+    for key, value in fields.items():
+        low = str(key).lower()
+        if top and low in _RESERVED_KEYS:
+            raise ValueError(f"reserved audit field: {key!r}")
+        if low in _SECRET_KEYS or low.endswith(_SECRET_SUFFIXES):
+            raise ValueError(f"refusing secret-like audit field: {key!r}")
+        _check_value(value)
+
+
+def _check_value(value: object) -> None:
+    if isinstance(value, Mapping):
+        _check_keys(value, top=False)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_value(item)
+
+
+def _encode(record: Mapping[str, object]) -> bytes:
+    # allow_nan=False: NaN/Infinity are not JSON; refuse them rather than write them.
+    text = json.dumps(
+        record, ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False
+    )
+    return text.encode("utf-8")  # lone surrogates raise here, before anything is written
+
+
+def _now_rfc3339() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-JSON constant {name}")
+
+
+def _parse(line: bytes) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(line.decode("utf-8"), parse_constant=_reject_constant)
+    except ValueError:  # includes UnicodeDecodeError and JSONDecodeError
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _shape_error(rec: Mapping[str, Any]) -> str | None:
+    seq = rec.get("seq")
+    if type(seq) is not int or seq < 1:
+        return "bad or missing seq"
+    prev = rec.get("prev")
+    if not (isinstance(prev, str) and len(prev) == 64 and set(prev) <= set("0123456789abcdef")):
+        return "bad or missing prev"
+    for key in ("id", "time", "event"):
+        if not isinstance(rec.get(key), str):
+            return f"bad or missing {key}"
+    return None
+
+
+def _sha256(line: bytes) -> str:
+    return hashlib.sha256(line).hexdigest()
+
+
+def _pread_exact(fd: int, n: int, offset: int) -> bytes:
+    parts: list[bytes] = []
+    while n > 0:
+        chunk = os.pread(fd, n, offset)
+        if not chunk:
+            raise AuditLogError("audit log shrank while being read")
+        parts.append(chunk)
+        n -= len(chunk)
+        offset += len(chunk)
+    return b"".join(parts)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    # One os.write in practice: regular files only write short on ENOSPC or a signal.
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _rfind_newline(fd: int, end: int) -> int:
+    """Offset of the last b"\\n" before ``end``, or -1; reads backwards in blocks (O(tail))."""
+    pos = end
+    while pos > 0:
+        start = max(0, pos - _BLOCK)
+        i = _pread_exact(fd, pos - start, start).rfind(b"\n")
+        if i >= 0:
+            return start + i
+        pos = start
+    return -1
+
+
+def _record_ending_at(fd: int, end: int) -> tuple[int, int | None, str]:
+    """The line that ends just before offset ``end`` (which follows a newline).
+
+    Returns (line start, seq or None if the line is not a valid record, line hash).
+    ``end == 0`` is the empty prefix: a valid state with no records.
+    """
+    if end == 0:
+        return 0, 0, ZERO_HASH
+    start = _rfind_newline(fd, end - 1) + 1
+    length = end - 1 - start
+    if length > MAX_LINE_BYTES:
+        return start, None, ""
+    line = _pread_exact(fd, length, start)
+    rec = _parse(line)
+    if rec is None or _shape_error(rec) is not None:
+        return start, None, ""
+    return start, int(rec["seq"]), _sha256(line)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # A new file (log or quarantine) is only durable once its directory entry is.
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class AuditLog:
+    """Single writer of one audit log file (an exclusive flock keeps a second agent out)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._failed: OSError | None = None
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                # Two writers would fork the chain (duplicate seq): refuse the second.
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise AuditLogError(f"{self.path} is open in another process") from None
+            _fsync_dir(self.path.parent)
+            self._fd = fd
+            size = os.fstat(fd).st_size
+            torn_from, self._seq, self._prev = self._find_tail(size)
+            torn_file = self._quarantine(torn_from, size) if torn_from < size else None
+        except BaseException:
+            os.close(fd)
+            raise
+        if torn_file is not None:
+            try:
+                self.append("log_recovered", torn_bytes=size - torn_from, torn_file=torn_file)
+            except BaseException:
+                self.close()
+                raise
+
+    def _find_tail(self, size: int) -> tuple[int, int, str]:
+        """(offset where torn bytes start, last seq, last line hash)."""
+        if size == 0:
+            return 0, 0, ZERO_HASH
+        last_nl = _rfind_newline(self._fd, size)
+        torn_from = size if last_nl == size - 1 else last_nl + 1  # no final newline: torn
+        start, seq, digest = _record_ending_at(self._fd, torn_from)
+        if seq is None and torn_from == size:
+            # A newline-terminated but invalid last line (e.g. zero-filled blocks after a
+            # power cut): also the torn write, if the line before it is sound.
+            torn_from = start
+            start, seq, digest = _record_ending_at(self._fd, torn_from)
+        if seq is None:
+            raise AuditLogCorrupt(
+                f"{self.path}: line at byte {start} is not a valid record and is not a crash "
+                "tail; run `card-agent audit verify` and move the log aside"
+            )
+        return torn_from, seq, digest
+
+    def _quarantine(self, torn_from: int, size: int) -> str:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        for n in itertools.count():
+            name = f"{self.path.name}.torn-{stamp}" + (f".{n}" if n else "")
+            try:
+                qfd = os.open(
+                    self.path.parent / name,
+                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                    0o600,
+                )
+            except FileExistsError:
+                continue
+            break
+        try:
+            pos = torn_from
+            while pos < size:
+                chunk = _pread_exact(self._fd, min(_BLOCK, size - pos), pos)
+                _write_all(qfd, chunk)
+                pos += len(chunk)
+            os.fsync(qfd)
+        finally:
+            os.close(qfd)
+        # Copy durable before cutting: a crash in between only repeats the recovery.
+        _fsync_dir(self.path.parent)
+        os.ftruncate(self._fd, torn_from)
+        os.fsync(self._fd)
+        return name
+
+    def append(self, event: str, **fields: object) -> AuditRecord:
+        if not isinstance(event, str) or not event:
+            raise ValueError("event must be a non-empty string")
+        _check_keys(fields, top=True)
+        with self._lock:
+            if self._fd < 0:
+                raise ValueError("audit log is closed")
+            if self._failed is not None:
+                # Fail closed: after a failed write/fsync the file state is unknown; the
+                # next start recovers it. The caller must not proceed unaudited.
+                raise AuditLogError("an earlier audit write failed") from self._failed
+            record: dict[str, object] = {
+                **fields,
+                "event": event,
+                "seq": self._seq + 1,
+                "id": "a-" + secrets.token_hex(6),
+                "time": _now_rfc3339(),
+                "prev": self._prev,
+            }
+            line = _encode(record)
+            if len(line) > MAX_LINE_BYTES:
+                raise ValueError("audit record too large")
+            try:
+                _write_all(self._fd, line + b"\n")
+                os.fsync(self._fd)
+            except OSError as exc:
+                self._failed = exc
+                raise
+            self._seq += 1
+            self._prev = _sha256(line)
+            return AuditRecord(
+                seq=self._seq,
+                id=str(record["id"]),
+                time=str(record["time"]),
+                prev=str(record["prev"]),
+                event=event,
+                fields=dict(fields),
+                line_sha256=self._prev,
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)  # also releases the flock
+                self._fd = -1
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _iter_lines(f: BinaryIO) -> Iterator[tuple[bytes | None, bool]]:
+    """(line without newline, or None if longer than MAX_LINE_BYTES; had a newline)."""
+    limit = MAX_LINE_BYTES + 1
+    while chunk := f.readline(limit):
+        if chunk.endswith(b"\n"):
+            yield chunk[:-1], True
+        elif len(chunk) < limit:
+            yield chunk, False  # end of file without a newline
+        else:
+            complete = False
+            while rest := f.readline(_BLOCK):
+                if rest.endswith(b"\n"):
+                    complete = True
+                    break
+            yield None, complete
+
+
+def verify_audit_log(path: Path) -> AuditVerifyResult:
+    """Check JSON, seq continuity and the hash chain of every line; streams (O(1) memory).
+
+    A broken link between lines j-1 and j is ambiguous on its own; line j+1 settles it:
+    if j+1 still chains to j, record j-1 was altered, otherwise record j was.
+    """
+    expected_seq, prev_hash = 1, ZERO_HASH
+    bad: tuple[int, str] | None = None
+    suspect = 0  # line whose prev did not match, awaiting the next line
+    lineno, last_complete, last_valid = 0, True, True
+    with open(path, "rb") as f:
+        for line, complete in _iter_lines(f):
+            lineno += 1
+            rec = _parse(line) if line is not None else None
+            last_complete = complete
+            last_valid = rec is not None and _shape_error(rec) is None
+            if bad is not None:
+                continue  # keep reading only to learn what the tail looks like
+            if suspect:
+                if suspect > 1 and rec is not None and rec.get("prev") == prev_hash:
+                    bad = (suspect - 1, "prev hash mismatch: record altered after the next")
+                else:
+                    bad = (suspect, "prev hash mismatch")
+                continue
+            if line is None:
+                bad = (lineno, "line too long")
+            elif rec is None:
+                bad = (lineno, "not JSON")
+            elif (err := _shape_error(rec)) is not None:
+                bad = (lineno, err)
+            elif rec["seq"] != expected_seq:
+                bad = (lineno, f"seq gap: expected {expected_seq}, got {rec['seq']}")
+            else:
+                if rec["prev"] != prev_hash:
+                    suspect = lineno
+                expected_seq += 1
+                prev_hash = _sha256(line)
+    if suspect and bad is None:
+        bad = (suspect, "prev hash mismatch")
+    torn = lineno > 0 and (not last_complete or not last_valid)
+    if torn and (bad is None or bad[0] == lineno):
+        what = "has no newline" if not last_complete else "is not a valid record"
+        bad = (
+            lineno,
+            f"unrecovered crash tail: last line {what} (the agent moves it aside "
+            "and logs log_recovered on its next start)",
+        )
+    if bad is None:
+        return AuditVerifyResult(True, lineno, None, None, False)
+    return AuditVerifyResult(False, bad[0] - 1, bad[0], bad[1], torn)
