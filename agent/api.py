@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi import Depends, FastAPI, Request, Response, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -237,13 +237,17 @@ def create_app(
         return {"changed": True}
 
     @app.post("/v1/sign", tags=["sign"])
-    async def sign(body: SignBody, who: Authed) -> dict[str, Any]:
+    async def sign(body: SignBody, who: Authed, response: Response) -> dict[str, Any]:
         data = _b64(body.data, "data", max_data_bytes) if body.data is not None else None
         digest = _b64(body.digest, "digest", 64) if body.digest is not None else None
         outcome = await service.sign(
             who, purpose=body.purpose, title=body.title, data=data, digest=digest
         )
         sig = outcome.signature
+        # Lets a client (and the load benchmark) tell card time from agent overhead.
+        response.headers["Server-Timing"] = (
+            f"card;dur={outcome.card_ms:.3f}, queue;dur={outcome.queue_ms:.3f}"
+        )
         value = sig.der() if body.signature_format == "der" else sig.value
         return {
             "signature": base64.b64encode(value).decode(),

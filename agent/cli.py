@@ -11,6 +11,7 @@ import click
 
 from agent import __version__
 from agent.config import Config, ConfigError, load_config
+from agent.pairing import PairingStore
 
 CONFIG_OPTION = click.option(
     "--config",
@@ -72,7 +73,7 @@ def serve(config_path: Path | None, log_level: str) -> None:
 @click.option("--message", default="单一窗口 小微政策保单 确认投保", show_default=True)
 def demo(profile: str, message: str) -> None:
     """Open a simulated card, read it, verify the PIN, sign and check the signature."""
-    from agent.demo import run_demo
+    from simulator.demo import run_demo
 
     sys.exit(0 if run_demo(profile, message) else 1)
 
@@ -82,8 +83,7 @@ def pair() -> None:
     """Approve, list and revoke paired clients (run on the kiosk)."""
 
 
-def _pairing(config_path: Path | None):  # type: ignore[no-untyped-def]
-    from agent.pairing import PairingStore
+def _pairing(config_path: Path | None) -> PairingStore:
     from agent.runtime import pairing_path, state_dir
 
     config = _load(config_path)

@@ -49,7 +49,7 @@ _CARD_ERRORS: tuple[tuple[type[Exception], str, int, str], ...] = (
     (ce.Timeout, "card_timeout", 504, "The card did not answer in time."),
     (ce.TransportError, "card_io_error", 502, "Communication with the card failed."),
     (ce.UnsupportedCard, "unsupported_card", 422, "This card is not a supported E-Port card."),
-    (ce.InvalidPinFormat, "pin_format", 422, "The PIN must be 6 to 16 letters or digits."),
+    (ce.InvalidPinFormat, "pin_format", 422, "The PIN must be 6 to 16 printable ASCII characters."),
     (ce.PinBlockedError, "pin_blocked", 423, "The PIN is blocked. Contact the card issuer."),
     (ce.SecurityStatusNotSatisfied, "session_required", 401, "Verify the PIN first."),
     (ce.ApduError, "card_error", 502, "The card refused the operation."),

@@ -56,6 +56,7 @@ class SignOutcome:
     card: CardInfo
     audit_id: str
     card_ms: float  # time spent in the card job (queue wait excluded)
+    queue_ms: float  # time the job waited for the card owner thread
 
 
 @dataclass(frozen=True)
@@ -266,8 +267,12 @@ class CardService:
         data_sha256 = hashlib.sha256(data).hexdigest() if data is not None else None
         loop = asyncio.get_running_loop()
 
+        submitted = loop.time()
+        job_started = submitted
+
         def job(driver: CardDriver) -> tuple[Signature, bytes, CardInfo, float]:
-            started = loop.time()
+            nonlocal job_started
+            started = job_started = loop.time()
             info = driver.card_info()
             if info.card_number != session.card_number:
                 raise AgentError("card_changed", 409, "A different card is in the reader.")
@@ -319,7 +324,8 @@ class CardService:
             duration_ms=round(card_ms, 1),
             audit_id=audit_id,
         )
-        return SignOutcome(signature, cert, info, audit_id, card_ms)
+        queue_ms = (job_started - submitted) * 1000
+        return SignOutcome(signature, cert, info, audit_id, card_ms, queue_ms)
 
 
 def session_card(session: SigningSession) -> str:

@@ -170,3 +170,14 @@ def export_ca(algorithm: str, state_path: Path | None, output: Path) -> None:
     else:
         output.write_text(pem, encoding="ascii")
         click.echo(f"wrote {alg} CA certificate to {output}", err=True)
+
+
+@main.command()
+@click.argument("profile", default="legal-person-sm2")
+@click.option("--message", default="单一窗口 小微政策保单 确认投保", show_default=True)
+def demo(profile: str, message: str) -> None:
+    """Open PROFILE in-process, read it, verify the PIN, sign and check the signature."""
+    from simulator.demo import run_demo
+
+    _profile(profile)  # a clear error for an unknown name
+    sys.exit(0 if run_demo(profile, message) else 1)

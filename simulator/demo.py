@@ -1,4 +1,5 @@
-"""`card-agent demo`: the card layer end to end on a simulated card, no server.
+"""The in-process demo (`card-sim demo`, `card-agent demo`): the card layer end to end
+on a simulated card, no server.
 
 Opens a software E-Port card in-process, reads what the Single Window reads, verifies
 the factory PIN, signs a message the way the official client does and checks the
@@ -12,16 +13,16 @@ import time
 import click
 
 from card.crypto.certs import parse_certificate
+from card.crypto.rsa import rsa_verify_pkcs1
 from card.crypto.sm2 import sm2_verify
 from card.eport.driver import CertSlot, SignAlgorithm
 from card.eport.session import EPortSession
+from simulator.card_os import SimulatedCard
+from simulator.inprocess import InProcessTransport
+from simulator.profiles import get_profile
 
 
 def run_demo(profile_name: str, message: str) -> bool:
-    from simulator.card_os import SimulatedCard
-    from simulator.inprocess import InProcessTransport
-    from simulator.profiles import get_profile
-
     profile = get_profile(profile_name)
     card = SimulatedCard.create(profile)
     session = EPortSession.open(InProcessTransport(card))
@@ -51,9 +52,9 @@ def run_demo(profile_name: str, message: str) -> bool:
         assert cert.sm2_point is not None
         ok = sm2_verify(cert.sm2_point, message.encode("utf-8"), signature.value)
     else:
-        from agent.service import verify_signature
-
-        ok = verify_signature(cert, signature)
+        assert cert.rsa_public_key is not None
+        name = "sha1" if signature.algorithm is SignAlgorithm.RSA_SHA1 else "sha256"
+        ok = rsa_verify_pkcs1(cert.rsa_public_key, signature.value, message.encode("utf-8"), name)
     click.echo(f"verified     {'yes' if ok else 'NO'} (against the card's signing certificate)")
     session.logout()
     return ok
