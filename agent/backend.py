@@ -74,7 +74,12 @@ class CardBackend(Protocol):
 def _eport_session(transport: Transport) -> CardDriver:
     from card.eport.session import EPortSession
 
-    return EPortSession.open(transport)
+    session = EPortSession.open(transport)
+    # A card can come to us still verified: PC/SC connections leave the card's state as
+    # the previous holder left it (LEAVE_CARD), and a restarted agent has no session
+    # for it. Start every driver from "not verified" so no one signs on someone else's PIN.
+    session.logout()
+    return session
 
 
 # --- simulated card --------------------------------------------------------------

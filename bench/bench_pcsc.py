@@ -1,0 +1,207 @@
+"""APDU/s through pcscd + vpcd: raw pyscard transmit vs. PcscTransport.transmit.
+
+Both loops talk to the same virtual card in the same run, so the ratio is the cost of
+our transport layer. By default a private pcscd is started (mount namespace, own
+socket and vpcd ports, like the test tier); `--system` uses the running pcscd and
+vpcd's default port (reader "Virtual PCD 00 00").
+
+    .venv/bin/python bench/bench_pcsc.py [-n 5000] [--rounds 3] [--system]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from smartcard import scard
+
+from card.pcsc import PcscContext, PcscTransport
+from simulator.vpcd import VPCD_PORT, VpcdLink
+
+READER = "Virtual PCD 00 00"
+APDU = bytes.fromhex("00CA000004")  # GET DATA, 4 bytes back
+_SBIN = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+_NAMESPACE_SCRIPT = r"""
+set -e
+sock_dir=$1; shift
+if [ ! -d /run/pcscd ]; then
+  mkdir /run/pcscd 2>/dev/null || { mount -t tmpfs -o mode=0755 none /run; mkdir /run/pcscd; }
+fi
+mount --bind "$sock_dir" /run/pcscd
+exec "$@"
+"""
+
+
+class BenchCard:
+    """Answers every command with 4 bytes + 9000; no logic to measure."""
+
+    atr = bytes.fromhex("3B8480016265636801")  # T=1, historical bytes "bech"
+
+    def power_on(self) -> None: ...
+
+    def power_off(self) -> None: ...
+
+    def reset(self) -> None: ...
+
+    def process(self, apdu: bytes) -> bytes:
+        return b"\x00\x01\x02\x03\x90\x00"
+
+
+@contextlib.contextmanager
+def private_pcscd(port: int) -> Iterator[None]:
+    """pcscd with its own /run/pcscd (bind-mounted) and vpcd on `port`/`port+1`."""
+    pcscd, unshare = shutil.which("pcscd", path=_SBIN), shutil.which("unshare", path=_SBIN)
+    if pcscd is None or unshare is None:
+        sys.exit("needs pcscd and unshare (or use --system)")
+    workdir = Path(tempfile.mkdtemp(prefix="ca-bench-"))
+    (workdir / "conf").mkdir()
+    (workdir / "sock").mkdir()
+    (workdir / "conf" / "vpcd").write_text(
+        'FRIENDLYNAME "Virtual PCD"\n'
+        f"DEVICENAME /dev/null:{port}\n"
+        f"LIBPATH {vpcd_driver()}\n"
+        f"CHANNELID {port}\n"
+    )
+    os.environ["PCSCLITE_CSOCK_NAME"] = str(workdir / "sock" / "pcscd.comm")
+    ns = [unshare, "--mount", "--propagation", "private"]
+    if os.geteuid() != 0:
+        ns.insert(1, "--map-root-user")
+    cmd = [*ns, "sh", "-c", _NAMESPACE_SCRIPT, "sh", str(workdir / "sock")]
+    cmd += [pcscd, "--foreground", "--config", str(workdir / "conf")]
+    with (workdir / "pcscd.log").open("wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def free_port_pair() -> int:
+    """A base port with base and base+1 free (vpcd listens on both)."""
+    for _ in range(100):
+        base = random.randrange(20000, 60000, 2)
+        try:
+            with (
+                socket.create_server(("0.0.0.0", base)),
+                socket.create_server(("0.0.0.0", base + 1)),
+            ):
+                return base
+        except OSError:
+            continue
+    sys.exit("no free port pair for vpcd")
+
+
+def vpcd_driver() -> str:
+    """The driver path from the installed vpcd reader.conf (Debian path otherwise)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/etc/reader.conf.d/vpcd").read_text().splitlines():
+            if line.split()[:1] == ["LIBPATH"]:
+                return line.split()[1]
+    return "/usr/lib/pcsc/drivers/serial/libifdvpcd.so"
+
+
+def wait_for_card(reader: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            ctx = PcscContext()
+        except Exception:
+            time.sleep(0.02)  # pcscd still starting
+            continue
+        try:
+            hr, states = ctx.get_status_change(200, [(reader, scard.SCARD_STATE_UNAWARE)])
+            if hr == 0 and states[0][1] & scard.SCARD_STATE_PRESENT:
+                return
+            if hr == 0:
+                state = states[0][1] & ~scard.SCARD_STATE_CHANGED
+                ctx.get_status_change(500, [(reader, state)])
+        finally:
+            ctx.release()
+    sys.exit(f"no card in {reader!r} after {timeout}s")
+
+
+def rate(n: int, step: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    for _ in range(n):
+        step()
+    return n / (time.perf_counter() - start)
+
+
+def bench_raw(reader: str, n: int) -> float:
+    ctx = PcscContext()
+    hr, handle, protocol = scard.SCardConnect(
+        ctx.handle, reader, scard.SCARD_SHARE_EXCLUSIVE, scard.SCARD_PROTOCOL_T1
+    )
+    if hr != 0:
+        raise RuntimeError(f"SCardConnect: {scard.SCardGetErrorMessage(hr)}")
+    apdu = list(APDU)
+
+    def step() -> None:
+        hr, response = scard.SCardTransmit(handle, protocol, apdu)
+        if hr != 0 or response[-2:] != [0x90, 0x00]:
+            raise RuntimeError(f"raw transmit failed: {hr:#x} {response}")
+
+    try:
+        rate(min(n, 200), step)  # warm-up
+        return rate(n, step)
+    finally:
+        scard.SCardDisconnect(handle, scard.SCARD_LEAVE_CARD)
+        ctx.release()
+
+
+def bench_transport(reader: str, n: int) -> float:
+    with PcscTransport(reader) as transport:
+
+        def step() -> None:
+            if transport.transmit(APDU)[-2:] != b"\x90\x00":
+                raise RuntimeError("transport transmit failed")
+
+        rate(min(n, 200), step)
+        return rate(n, step)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=5000, help="APDUs per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; best wins")
+    parser.add_argument("--system", action="store_true", help="use the running pcscd")
+    args = parser.parse_args(argv)
+
+    port = VPCD_PORT if args.system else free_port_pair()
+    daemon = contextlib.nullcontext() if args.system else private_pcscd(port)
+    with daemon:
+        link = VpcdLink(BenchCard(), port=port)
+        link.start()
+        try:
+            wait_for_card(READER)
+            raw, ours = 0.0, 0.0
+            for _ in range(args.rounds):  # alternate so drift hits both alike
+                raw = max(raw, bench_raw(READER, args.n))
+                ours = max(ours, bench_transport(READER, args.n))
+        finally:
+            link.stop()
+    print(f"raw pyscard SCardTransmit : {raw:8.0f} APDU/s")
+    print(f"PcscTransport.transmit    : {ours:8.0f} APDU/s")
+    print(f"ratio transport/raw       : {ours / raw:8.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
