@@ -1,7 +1,10 @@
-"""APDU/s through pcscd + vpcd: raw pyscard transmit vs. PcscTransport.transmit.
+"""APDU/s through pcscd + vpcd: raw pyscard transmit vs. PcscTransport.transmit vs.
+the exchange layer on top of it; then signatures/s through the same stack.
 
-Both loops talk to the same virtual card in the same run, so the ratio is the cost of
-our transport layer. By default a private pcscd is started (mount namespace, own
+The APDU loops talk to the same virtual card in the same run, so the ratios are the
+cost of our layers. Signatures use the simulated E-Port card with its timing model off
+(the stack's own cost) and on (what a kiosk would see with a real card). The card runs
+in its own process (`card-sim vpcd`). By default a private pcscd is started (mount namespace, own
 socket and vpcd ports, like the test tier); `--system` uses the running pcscd and
 vpcd's default port (reader "Virtual PCD 00 00").
 
@@ -17,6 +20,7 @@ import random
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,11 +30,15 @@ from pathlib import Path
 
 from smartcard import scard
 
+from card.apdu import CommandApdu
+from card.eport.session import EPortSession
+from card.exchange import ApduExchange
 from card.pcsc import PcscContext, PcscTransport
-from simulator.vpcd import VPCD_PORT, VpcdLink
+from simulator.profiles import get_profile
+from simulator.vpcd import VPCD_PORT
 
 READER = "Virtual PCD 00 00"
-APDU = bytes.fromhex("00CA000004")  # GET DATA, 4 bytes back
+APDU = bytes.fromhex("0084000004")  # GET CHALLENGE, 4 bytes back
 _SBIN = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
 _NAMESPACE_SCRIPT = r"""
 set -e
@@ -117,7 +125,7 @@ def vpcd_driver() -> str:
     return "/usr/lib/pcsc/drivers/serial/libifdvpcd.so"
 
 
-def wait_for_card(reader: str, timeout: float = 10.0) -> None:
+def wait_for_card(reader: str, timeout: float = 10.0, *, present: bool = True) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -127,14 +135,14 @@ def wait_for_card(reader: str, timeout: float = 10.0) -> None:
             continue
         try:
             hr, states = ctx.get_status_change(200, [(reader, scard.SCARD_STATE_UNAWARE)])
-            if hr == 0 and states[0][1] & scard.SCARD_STATE_PRESENT:
+            if hr == 0 and bool(states[0][1] & scard.SCARD_STATE_PRESENT) == present:
                 return
             if hr == 0:
                 state = states[0][1] & ~scard.SCARD_STATE_CHANGED
                 ctx.get_status_change(500, [(reader, state)])
         finally:
             ctx.release()
-    sys.exit(f"no card in {reader!r} after {timeout}s")
+    sys.exit(f"card still {'absent' if present else 'present'} in {reader!r} after {timeout}s")
 
 
 def rate(n: int, step: Callable[[], object]) -> float:
@@ -177,29 +185,97 @@ def bench_transport(reader: str, n: int) -> float:
         return rate(n, step)
 
 
+def bench_exchange(reader: str, n: int) -> float:
+    with PcscTransport(reader) as transport:
+        exchange = ApduExchange(transport)
+        command = CommandApdu(0x00, 0x84, 0x00, 0x00, b"", 4)
+
+        def step() -> None:
+            if exchange.transmit(command).sw != 0x9000:
+                raise RuntimeError("exchange transmit failed")
+
+        rate(min(n, 200), step)
+        return rate(n, step)
+
+
+@contextlib.contextmanager
+def card_process(port: int, profile: str, timing: str = "instant") -> Iterator[None]:
+    """The simulated card in its own process (`card-sim vpcd`), like a real card is
+    outside the host process: no GIL shared between card and host."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "simulator.cli",
+            "vpcd",
+            profile,
+            "--port",
+            str(port),
+            "--timing",
+            timing,
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_card(READER)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        wait_for_card(READER, present=False)
+
+
+def bench_signatures(port: int, profile: str, timing: str, n: int) -> float:
+    with card_process(port, profile, timing), PcscTransport(READER) as transport:
+        session = EPortSession.open(transport)
+        session.verify_pin(get_profile(profile).pin)
+        message = b"x" * 1024
+        session.sign(message)  # warm-up (reads and parses the certificate)
+        return rate(n, lambda: session.sign(message))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=5000, help="APDUs per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; best wins")
     parser.add_argument("--system", action="store_true", help="use the running pcscd")
+    parser.add_argument("--signatures", type=int, default=200, help="signatures per figure")
     args = parser.parse_args(argv)
 
     port = VPCD_PORT if args.system else free_port_pair()
     daemon = contextlib.nullcontext() if args.system else private_pcscd(port)
     with daemon:
-        link = VpcdLink(BenchCard(), port=port)
-        link.start()
-        try:
-            wait_for_card(READER)
-            raw, ours = 0.0, 0.0
-            for _ in range(args.rounds):  # alternate so drift hits both alike
-                raw = max(raw, bench_raw(READER, args.n))
-                ours = max(ours, bench_transport(READER, args.n))
-        finally:
-            link.stop()
-    print(f"raw pyscard SCardTransmit : {raw:8.0f} APDU/s")
-    print(f"PcscTransport.transmit    : {ours:8.0f} APDU/s")
-    print(f"ratio transport/raw       : {ours / raw:8.3f}")
+        with card_process(port, "legal-person-sm2"):
+            raws, ours, exch = [], [], []
+            for _ in range(args.rounds):  # alternate so drift hits all alike
+                raws.append(bench_raw(READER, args.n))
+                ours.append(bench_transport(READER, args.n))
+                exch.append(bench_exchange(READER, args.n))
+        sigs = []
+        for profile in ("legal-person-sm2", "rsa2048"):
+            for name, n in (
+                ("instant", args.signatures),
+                ("realistic", max(3, args.signatures // 40)),
+            ):
+                sigs.append((profile, name, bench_signatures(port, profile, name, n)))
+    raw, tr, ex = (statistics.median(v) for v in (raws, ours, exch))
+    print(
+        f"APDUs through pcscd + vpcd (median of {args.rounds} rounds of {args.n}; "
+        f"{os.cpu_count()} cores)"
+    )
+    print(f"  raw pyscard SCardTransmit          : {raw:8.0f} APDU/s  1.000")
+    print(f"  PcscTransport.transmit             : {tr:8.0f} APDU/s  {tr / raw:5.3f}")
+    print(
+        f"  ApduExchange + PcscTransport       : {ex:8.0f} APDU/s  {ex / raw:5.3f}"
+        f"  (target >= 0.95)"
+    )
+    for name, values in (("raw", raws), ("transport", ours), ("exchange", exch)):
+        print(f"    rounds {name:9s}: " + "  ".join(f"{v:7.0f}" for v in values))
+    print("signatures through EPortSession + pcscd (1 KiB message)")
+    for profile, name, per_s in sigs:
+        print(f"  {profile:18s} timing {name:9s}: {per_s:8.1f} /s  {1000 / per_s:7.1f} ms each")
     return 0
 
 

@@ -181,3 +181,96 @@ def demo(profile: str, message: str) -> None:
 
     _profile(profile)  # a clear error for an unknown name
     sys.exit(0 if run_demo(profile, message) else 1)
+
+
+@main.command()
+@click.argument("profile", default="legal-person-sm2")
+@click.option(
+    "--slot", default=0, show_default=True, help="vpcd reader slot (0 = Virtual PCD 00 00)."
+)
+@click.option("--port", type=int, default=None, help="vpcd port (default 35963 + slot).")
+@click.option(
+    "--state",
+    "state_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Persist the card (keys, PIN counters) in this file.",
+)
+@click.option(
+    "--timing",
+    type=click.Choice(["instant", "realistic"]),
+    default="instant",
+    show_default=True,
+    help="The card's timing model.",
+)
+@click.option("--removed", is_flag=True, help="Start with the card out of the reader.")
+def vpcd(
+    profile: str, slot: int, port: int | None, state_path: Path | None, timing: str, removed: bool
+) -> None:
+    """Put PROFILE into a vpcd reader behind the real pcscd.
+
+    Reads commands from standard input: `insert`, `remove`, `status`, `quit`.
+    SIGUSR1 removes the card, SIGUSR2 inserts it (for scripts). Never use vpcd on a
+    production kiosk: anyone who reaches its port can insert a card.
+    """
+    import signal
+    import threading
+
+    from simulator.card_os import SimulatedCard
+    from simulator.knobs import CardKnobs, TimingModel
+    from simulator.vpcd import VPCD_PORT, VpcdLink
+
+    _profile(profile)
+    model = TimingModel.REALISTIC if timing == "realistic" else TimingModel.INSTANT
+    card = SimulatedCard.create(profile, knobs=CardKnobs(timing=model), state_path=state_path)
+    vpcd_port = port if port is not None else VPCD_PORT + slot
+    link = VpcdLink(card, port=vpcd_port)
+    link.start(inserted=not removed)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if signum == signal.SIGUSR1:
+            link.remove()
+        elif signum == signal.SIGUSR2:
+            link.insert()
+        else:
+            stop.set()
+
+    for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    click.echo(
+        f"card {profile} on vpcd port {vpcd_port}; commands: insert, remove, status, quit", err=True
+    )
+
+    def read_commands() -> None:
+        for line in sys.stdin:
+            command = line.strip().lower()
+            if command == "insert":
+                link.insert()
+            elif command == "remove":
+                link.remove()
+            elif command == "status":
+                click.echo(
+                    json.dumps(
+                        {
+                            "inserted": link.inserted,
+                            "connected": link.connected,
+                            "apdus": link.apdus_handled,
+                        }
+                    )
+                )
+            elif command in ("quit", "exit"):
+                stop.set()
+                return
+            elif command:
+                click.echo(f"unknown command {command!r}", err=True)
+        # End of input (e.g. started with </dev/null): keep serving until a signal.
+
+    threading.Thread(target=read_commands, name="card-sim-stdin", daemon=True).start()
+    try:
+        stop.wait()
+    finally:
+        link.stop()
+
+
+if __name__ == "__main__":
+    main()
