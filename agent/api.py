@@ -11,7 +11,7 @@ import binascii
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -22,11 +22,14 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agent import __version__
+from agent.component import Component
 from agent.errors import AgentError, WireError, wire_error
+from agent.owner import OwnerError
 from agent.pairing import PairingError, PairingStore
-from agent.security import SecurityMiddleware
+from agent.security import SecurityMiddleware, redact_websocket_logs
 from agent.service import PURPOSES, Caller, CardService
 from card.crypto.certs import CertificateInfo, certificate_to_pem, days_left
+from card.errors import CardError
 
 log = logging.getLogger("card_agent.api")
 
@@ -84,9 +87,14 @@ def _b64(value: str, what: str, limit: int) -> bytes:
     if len(value) > (limit * 4) // 3 + 4:
         raise AgentError("payload_too_large", 413, f"{what} is over {limit} bytes.")
     try:
-        return base64.b64decode(value, validate=True)
+        raw = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise AgentError("invalid_input", 422, f"{what} is not valid base64.") from None
+    # b64decode still accepts excess padding ("QUJD=") and non-zero trailing bits
+    # ("QR=="): only the canonical encoding of the bytes is valid base64 here.
+    if base64.b64encode(raw).decode("ascii") != value:
+        raise AgentError("invalid_input", 422, f"{what} is not valid base64.")
+    return raw
 
 
 def _cert_json(info: CertificateInfo, now_days_left: float) -> dict[str, Any]:
@@ -112,14 +120,24 @@ def create_app(
     max_body_bytes: int,
     max_data_bytes: int,
     backend_name: str,
+    components: Sequence[Component] = (),
 ) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await service.owner.start()
         await service.start()
+        started: list[Component] = []
         try:
+            for component in components:
+                await component.start()
+                started.append(component)
             yield
         finally:
+            for component in reversed(started):
+                try:
+                    await component.stop()
+                except Exception:
+                    log.exception("stopping %s failed", type(component).__name__)
             await service.stop()
             await service.owner.stop()
 
@@ -146,6 +164,18 @@ def create_app(
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_input")
         return _error_response(WireError(code, exc.status_code, str(exc.detail)))
 
+    async def _known(_: Request, exc: Exception) -> JSONResponse:
+        return _error_response(wire_error(exc))
+
+    # Expected errors get handlers of their own classes: Starlette answers those in its
+    # ExceptionMiddleware, inside SecurityMiddleware (so the listed origin's CORS headers
+    # are added and the connection stays open). A handler for `Exception` runs in the
+    # outermost ServerErrorMiddleware instead, which re-raises after answering: uvicorn
+    # then logged a traceback for every wrong PIN or missing token, closed the
+    # connection, and the page could not read the error (no Access-Control-Allow-Origin).
+    for known in (AgentError, CardError, OwnerError, ValueError):
+        app.add_exception_handler(known, _known)
+
     @app.exception_handler(Exception)
     async def _any(_: Request, exc: Exception) -> JSONResponse:
         wire = wire_error(exc)
@@ -153,13 +183,18 @@ def create_app(
             log.error("unexpected error: %s", type(exc).__name__)
         return _error_response(wire)
 
-    def caller(request: Request) -> Caller:
+    async def caller(request: Request) -> Caller:
+        # async: FastAPI runs a plain `def` dependency in its thread pool, a thread hop
+        # (and up to 40 threads) per request for what is a dict lookup and one os.stat.
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise AgentError("unauthorized", 401, "Pair with the kiosk first (missing token).")
         origin = request.headers.get("origin")
-        client = pairing.authenticate(token.strip(), origin)
+        client, touch_due = pairing.lookup(token.strip(), origin)
+        if client is not None and touch_due:
+            # At most once a minute per client: a locked write with fsync, off the loop.
+            client = await asyncio.to_thread(pairing.authenticate, token.strip(), origin)
         if client is None:
             raise AgentError("unauthorized", 401, "Unknown, revoked or foreign token.")
         return Caller(client.client_id, origin, client.client_name)
@@ -318,6 +353,7 @@ def create_app(
 
 
 def _secured(app: FastAPI, port: int, origins: tuple[str, ...], max_body: int) -> FastAPI:
+    redact_websocket_logs()  # /v1/events carries the token in its first message
     app.add_middleware(
         SecurityMiddleware,
         port=port,

@@ -423,7 +423,19 @@ class PairingStore:
 
     # -- tokens ----------------------------------------------------------------------
 
-    def authenticate(self, token: str, origin: str | None) -> PairedClient | None:
+    def lookup(self, token: str, origin: str | None) -> tuple[PairedClient | None, bool]:
+        """``authenticate`` without its write: (the client or None, last_used_at is due).
+
+        Never blocks on the store's lock or the disk beyond one os.stat (and a re-read
+        when the file changed), so the event loop may call it; when the bool is True,
+        call ``authenticate`` (which writes, fsync included) from a worker thread.
+        """
+        client = self._check(token, origin)
+        if client is None:
+            return None, False
+        return client.public(), self._clock() - client.last_used_at >= _TOUCH_INTERVAL_S
+
+    def _check(self, token: str, origin: str | None) -> _Client | None:
         if not isinstance(token, str) or not token or len(token) > _TOKEN_MAX:
             return None
         digest = _hash_token(token)
@@ -432,6 +444,12 @@ class PairingStore:
         if client is None or not hmac.compare_digest(client.token_sha256, digest):
             return None
         if client.origin != origin:
+            return None
+        return client
+
+    def authenticate(self, token: str, origin: str | None) -> PairedClient | None:
+        client = self._check(token, origin)
+        if client is None:
             return None
         now = self._clock()
         if now - client.last_used_at < _TOUCH_INTERVAL_S:

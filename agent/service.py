@@ -122,8 +122,13 @@ class CardService:
     async def _expire_sessions(self) -> None:
         while True:
             await asyncio.sleep(1.0)
-            if self.sessions.expire():
-                await self._logout_quietly("session expired")
+            await self._expire_now()
+
+    async def _expire_now(self) -> None:
+        """End the sessions past their TTL or idle time; log the card out once no
+        session relies on its verified state any more."""
+        if self.sessions.expire() and len(self.sessions) == 0:
+            await self._logout_quietly("session expired")
 
     async def _logout_quietly(self, why: str) -> None:
         try:
@@ -237,7 +242,12 @@ class CardService:
 
     async def end_session(self, caller: Caller) -> bool:
         ended = self.sessions.end(caller.client_id) is not None
-        await self._logout_quietly("end of session")
+        self.sessions.expire()
+        # The card has one verified state for every open session: clear it unless another
+        # client's session still relies on it (a paired client without a session must not
+        # log out someone else's). With no session left it is always cleared.
+        if len(self.sessions) == 0:
+            await self._logout_quietly("end of session")
         return ended
 
     def session_for(self, caller: Caller) -> SigningSession:
@@ -262,6 +272,9 @@ class CardService:
     ) -> SignOutcome:
         if (data is None) == (digest is None):
             raise AgentError("invalid_input", 422, "Give exactly one of data or digest.")
+        # A request may be first to see an expired session: log the card out now, not
+        # at the expiry loop's next tick (the card must not stay verified meanwhile).
+        await self._expire_now()
         session = self.session_for(caller)
         self.sessions.touch(session)
         data_sha256 = hashlib.sha256(data).hexdigest() if data is not None else None

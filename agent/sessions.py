@@ -45,7 +45,8 @@ class SessionManager:
         if session is None:
             return None
         if self._clock() >= session.expires_at(self.ttl_s, self.idle_s):
-            del self._sessions[client_id]
+            # Not removed here: `expire()` must still return it, because its caller is
+            # the one that logs the card out. Dropping it silently left the card verified.
             return None
         return session
 

@@ -1,0 +1,466 @@
+"""Agent tier: the real API on a real uvicorn server, on a free loopback port.
+
+Every agent runs in-process in a background thread (`uvicorn.Server` with
+`should_exit` for shutdown), built by `agent.runtime.build_runtime` from a `Config`
+with a temporary state directory and a simulated card kept in memory
+(`sim_state_file=""`), so tests reach the card itself (`agent.sim`) and the reader
+(`agent.backend.pull_card()` / `insert_card()`).
+
+The listening socket is bound before the server starts (port 0), so the port in the
+Host allowlist is the one the server really listens on, with no race for a free port.
+
+The agent's logs (`card`, `card.apdu`, `card_agent`, `agent`, `simulator`, `uvicorn`)
+go to `agent.log_path` at DEBUG; every response a helper client receives is kept in
+`agent.bodies`, so leak tests can grep both.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import itertools
+import json
+import logging
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+import websockets
+from websockets.asyncio.client import connect as ws_client
+from websockets.typing import Origin
+
+from agent.backend import SimulatedBackend
+from agent.config import CardConfig, Config, PathsConfig, SecurityConfig, ServerConfig
+from agent.pairing import PairingStore
+from agent.runtime import Runtime, audit_path, build_runtime, pairing_path
+from simulator.card_os import SimulatedCard
+
+# Extension ids are 32 letters a-p.
+ORIGIN = "chrome-extension://" + "abcdefghijklmnop" * 2
+OTHER_ORIGIN = "chrome-extension://" + "ponmlkjihgfedcba" * 2
+UNLISTED_ORIGIN = "chrome-extension://" + "aaaabbbbccccddddeeeeffffgggghhhh"
+CARD_PIN = "88888888"  # the simulated card's PIN (all profiles but rsa2048)
+
+CARD_AGENT = Path(sys.executable).with_name("card-agent")
+LOGGERS = ("card", "card.apdu", "card_agent", "agent", "simulator", "uvicorn")
+START_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 10.0
+# httpx builds an SSL context per client unless given one (~20 ms each): share one.
+# trust_env=False: no proxy from the environment between the tests and 127.0.0.1.
+_TLS = ssl.create_default_context()
+
+
+# --- the running agent ---------------------------------------------------------------
+
+
+@dataclass
+class Agent:
+    runtime: Runtime = field(repr=False)
+    port: int
+    root: Path  # tmp dir of this agent: state dir and log file live under it
+    log_path: Path
+    # Every response the helper clients got, and every command APDU the card got (PIN
+    # blocks included: kept out of repr so that no assertion message prints them).
+    bodies: list[bytes] = field(default_factory=list, repr=False)
+    apdus: list[bytes] = field(default_factory=list, repr=False)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/events"
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def backend(self) -> SimulatedBackend:
+        backend = self.runtime.backend
+        assert isinstance(backend, SimulatedBackend)
+        return backend
+
+    @property
+    def sim(self) -> SimulatedCard:
+        card = self.backend.card
+        assert isinstance(card, SimulatedCard)
+        return card
+
+    @property
+    def state_dir(self) -> Path:
+        return self.runtime.config.paths.state_dir
+
+    @property
+    def audit_path(self) -> Path:
+        return audit_path(self.runtime.config)
+
+    @property
+    def pairing_path(self) -> Path:
+        return pairing_path(self.runtime.config)
+
+    def watch_card(self) -> None:
+        """Record every command APDU the simulated card processes (in `apdus`)."""
+        sim = self.sim
+        process = sim.process
+
+        def recording(apdu: bytes) -> bytes:
+            self.apdus.append(bytes(apdu))
+            return process(apdu)
+
+        sim.process = recording  # type: ignore[method-assign]
+
+    @contextlib.contextmanager
+    def untouched(self) -> Iterator[None]:
+        """Asserts that nothing in the block reached a handler that does anything: no
+        APDU sent to the card, no PIN try spent, no audit record written."""
+        apdus, tries, records = len(self.apdus), self.sim.state.pin.tries_left, self.audit_size()
+        yield
+        assert self.apdus[apdus:] == []
+        assert self.sim.state.pin.tries_left == tries
+        assert self.audit_size() == records
+
+    def audit_size(self) -> int:
+        return self.audit_path.stat().st_size if self.audit_path.exists() else 0
+
+    def record(self, response: httpx.Response) -> None:
+        response.read()
+        self.bodies.append(response.content)
+
+    def client(
+        self, origin: str | None = ORIGIN, token: str | None = None, **kwargs: Any
+    ) -> httpx.Client:
+        """A plain HTTP client; Origin and token are sent when given."""
+        headers: dict[str, str] = {}
+        if origin is not None:
+            headers["Origin"] = origin
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        return httpx.Client(
+            base_url=self.base_url,
+            headers=headers,
+            timeout=30,
+            verify=_TLS,
+            trust_env=False,
+            event_hooks={"response": [self.record]},
+            **kwargs,
+        )
+
+    def async_client(
+        self, origin: str | None = ORIGIN, token: str | None = None, **kwargs: Any
+    ) -> httpx.AsyncClient:
+        headers: dict[str, str] = {}
+        if origin is not None:
+            headers["Origin"] = origin
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+
+        async def record(response: httpx.Response) -> None:
+            await response.aread()
+            self.bodies.append(response.content)
+
+        return httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=headers,
+            timeout=60,
+            verify=_TLS,
+            trust_env=False,
+            event_hooks={"response": [record]},
+            **kwargs,
+        )
+
+    # --- pairing -----------------------------------------------------------------
+
+    def request_pairing(self, origin: str | None = ORIGIN, name: str = "test") -> dict[str, Any]:
+        with self.client(origin) as c:
+            r = c.post("/v1/pair", json={"client_name": name})
+        assert r.status_code == 201, r.text
+        body: dict[str, Any] = r.json()
+        return body
+
+    def claim(self, request_id: str, origin: str | None = ORIGIN) -> httpx.Response:
+        with self.client(origin) as c:
+            return c.post("/v1/pair/claim", json={"request_id": request_id})
+
+    def pair(
+        self, origin: str | None = ORIGIN, name: str = "test", *, use_cli: bool = False
+    ) -> str:
+        """The real flow: ask, approve on the kiosk side, claim. Returns the token."""
+        req = self.request_pairing(origin, name)
+        pending = self.claim(req["request_id"], origin)
+        assert pending.status_code == 202, pending.text
+        assert pending.json() == {"status": "pending"}
+        if use_cli:
+            cli_approve(self.state_dir, req["code"])
+        else:
+            PairingStore(self.pairing_path).approve(req["code"])
+        r = self.claim(req["request_id"], origin)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["status"] == "approved"
+        token = body["token"]
+        assert isinstance(token, str)
+        assert len(token) >= 32
+        return token
+
+    def client_id(self, name: str) -> str:
+        """The client_id of the paired client called `name` (as `pair list` shows it)."""
+        clients = PairingStore(self.pairing_path).list_clients()
+        named = [c.client_id for c in clients if c.client_name == name]
+        assert len(named) == 1, clients
+        return named[0]
+
+    # --- card, PIN, signing -------------------------------------------------------
+
+    def verify(self, client: httpx.Client, pin: str = CARD_PIN, **extra: Any) -> httpx.Response:
+        return client.post("/v1/pin/verify", json={"pin": pin, **extra})
+
+    def tries_left(self, client: httpx.Client) -> Any:
+        r = client.get("/v1/pin")
+        assert r.status_code == 200, r.text
+        return r.json()["tries_left"]
+
+    def audit_records(self) -> list[dict[str, Any]]:
+        lines = self.audit_path.read_bytes().splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def wait_for(self, what: Callable[[], bool], timeout: float = 5.0, step: float = 0.01) -> bool:
+        """Poll a condition (the agent acts on its own threads); True once it holds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if what():
+                return True
+            time.sleep(step)
+        return what()
+
+    def ws(self, origin: str | None = ORIGIN) -> ws_client:
+        """A WebSocket client for /v1/events (Host is the agent's own; Origin as given)."""
+        return websockets.connect(
+            self.ws_url, origin=Origin(origin) if origin is not None else None, open_timeout=5
+        )
+
+    def card_present(self) -> bool:
+        with self.client(origin=None) as c:
+            return bool(c.get("/v1/status").json()["card_present"])
+
+
+def sign_body(data: bytes = b"document to sign", **extra: Any) -> dict[str, Any]:
+    return {
+        "purpose": "seal",
+        "title": "Test document",
+        "data": base64.b64encode(data).decode(),
+        **extra,
+    }
+
+
+def error_code(response: httpx.Response) -> str:
+    body = response.json()
+    assert set(body) == {"error"}, body
+    code = body["error"]["code"]
+    assert isinstance(code, str)
+    return code
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, (response.status_code, response.text)
+    assert_no_traceback(response.content)
+    assert error_code(response) == code, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    error: dict[str, Any] = response.json()["error"]
+    return error
+
+
+def assert_no_traceback(body: bytes | str) -> None:
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    assert "Traceback" not in text
+    assert 'File "' not in text
+
+
+def cli_approve(state_dir: Path, code: str) -> None:
+    """`card-agent pair approve CODE`, the way the kiosk operator runs it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CARD_AGENT_")}
+    env["CARD_AGENT_PATHS__STATE_DIR"] = str(state_dir)
+    done = subprocess.run(
+        [str(CARD_AGENT), "pair", "approve", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "approved" in done.stdout
+
+
+def raw_http(port: int, request: bytes, timeout: float = 10.0) -> bytes:
+    """Send bytes as they are (no client fixing headers up); read until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        chunks: list[bytes] = []
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+            if _complete(b"".join(chunks)):
+                break
+    return b"".join(chunks)
+
+
+def _complete(data: bytes) -> bool:
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(body) >= int(value.strip())
+    return False
+
+
+def raw_status(response: bytes) -> int:
+    status_line = response.split(b"\r\n", 1)[0]
+    return int(status_line.split()[1])
+
+
+def raw_json(response: bytes) -> Any:
+    return json.loads(response.partition(b"\r\n\r\n")[2])
+
+
+# --- logs ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def captured_logs(path: Path) -> Iterator[None]:
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    saved = {name: logging.getLogger(name).level for name in LOGGERS}
+    for name in LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG)
+    root.addHandler(handler)  # named loggers propagate to it whatever the root's level
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+
+# --- server ------------------------------------------------------------------------------
+
+
+def _loopback_socket() -> socket.socket:
+    # proto=IPPROTO_TCP, as getaddrinfo would give: asyncio sets TCP_NODELAY on accepted
+    # sockets only then (with proto 0 every keep-alive response waits ~40 ms for an ACK).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@contextlib.contextmanager
+def running_agent(
+    root: Path,
+    *,
+    security: dict[str, Any] | None = None,
+    card: dict[str, Any] | None = None,
+) -> Iterator[Agent]:
+    root.mkdir(parents=True, exist_ok=True)
+    log_path = root / "agent.log"
+    sock = _loopback_socket()
+    port = sock.getsockname()[1]
+    config = Config(
+        server=ServerConfig(host="127.0.0.1", port=port),
+        security=SecurityConfig(**{"allowed_origins": (ORIGIN, OTHER_ORIGIN), **(security or {})}),
+        card=CardConfig(**{"backend": "simulated", "sim_state_file": "", **(card or {})}),
+        paths=PathsConfig(state_dir=root / "state"),
+    )
+    with captured_logs(log_path):
+        runtime = build_runtime(config)
+        server = uvicorn.Server(
+            uvicorn.Config(
+                runtime.app,
+                log_config=None,  # leave logging alone: our handler captures it
+                log_level=None,
+                access_log=False,
+                server_header=False,
+                lifespan="on",
+                timeout_graceful_shutdown=3,
+            )
+        )
+        thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name=f"uvicorn-{port}", daemon=True
+        )
+        thread.start()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                sock.close()
+                raise RuntimeError(f"agent did not start; see {log_path}")
+            time.sleep(0.005)
+        agent = Agent(runtime, port, root, log_path)
+        agent.watch_card()
+        try:
+            yield agent
+        finally:
+            server.should_exit = True
+            thread.join(STOP_TIMEOUT_S)
+            sock.close()
+            runtime.audit.close()
+            assert not thread.is_alive(), "uvicorn did not stop"
+
+
+@pytest.fixture
+def make_agent(tmp_path: Path) -> Iterator[Callable[..., Agent]]:
+    """`make_agent(security={...}, card={...})`: another agent with config overrides."""
+    counter = itertools.count()
+    with contextlib.ExitStack() as stack:
+
+        def make(**overrides: Any) -> Agent:
+            root = tmp_path / f"agent{next(counter)}"
+            return stack.enter_context(running_agent(root, **overrides))
+
+        yield make
+
+
+@pytest.fixture(scope="module")
+def shared_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agent]:
+    """One agent for a whole module of probes that leave the card as it was."""
+    with running_agent(
+        tmp_path_factory.mktemp("shared"), security={"max_body_bytes": 64 * 1024}
+    ) as agent:
+        yield agent
+
+
+@pytest.fixture
+def agent(make_agent: Callable[..., Agent]) -> Agent:
+    return make_agent(security={"max_body_bytes": 64 * 1024})
+
+
+@pytest.fixture
+def token(agent: Agent) -> str:
+    return agent.pair()
+
+
+@pytest.fixture
+def client(agent: Agent, token: str) -> Iterator[httpx.Client]:
+    with agent.client(ORIGIN, token) as c:
+        yield c
