@@ -15,7 +15,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 ENV_PREFIX = "CARD_AGENT_"
 DEFAULT_PORT = 17321
@@ -93,10 +101,86 @@ class CardConfig(_Section):
     timing: Literal["instant", "realistic"] = "instant"  # simulated card's timing model
     queue_size: int = Field(16, ge=1, le=1024)
     job_timeout_s: float = Field(15, gt=0, le=300)
+    # PEM file of the CA certificates the card's signing certificate must chain to
+    # (`card-agent selftest`). Unset: the simulated card's own test CA for the simulated
+    # backend; for PC/SC the chain is not checked (a selftest warning).
+    ca_bundle: Path | None = None
+    # Demo/training kiosk: a virtual reader (vsmartcard-vpcd) is expected there, so the
+    # selftest does not warn about it. Never set this on a production kiosk.
+    demo: bool = False
 
 
 class PathsConfig(_Section):
     state_dir: Path = Path("state")
+
+
+class MqttConfig(_Section):
+    """Fleet telemetry over MQTT (docs/telemetry.md). Off unless `enabled`."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"  # the broker (or the fleet's load balancer)
+    port: int = Field(1883, ge=1, le=65535)  # 8883 is usual with TLS
+    kiosk_id: str = ""  # required when enabled; the topic level and the broker username
+    tls: bool = False  # TLS with the system's CAs; implied by tls_ca
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None  # client certificate (with tls_key)
+    tls_key: Path | None = None
+    username: str | None = None
+    password: SecretStr | None = None  # never logged; `config show` prints ********
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    metrics_interval_s: float = Field(60, gt=0, le=86400)
+    outbox_max_events: int = Field(10000, ge=10, le=10_000_000)
+    reconnect_min_s: float = Field(1.0, gt=0, le=600)
+    reconnect_max_s: float = Field(60.0, gt=0, le=3600)
+
+    @field_validator("kiosk_id")
+    @classmethod
+    def _topic_safe(cls, value: str) -> str:
+        # One topic level: no '/', '+', '#', nothing a broker ACL pattern would misread.
+        if value and not (
+            len(value) <= 64 and all(c.isascii() and (c.isalnum() or c in "-_.") for c in value)
+        ):
+            raise ValueError("kiosk_id: 1-64 characters from A-Z a-z 0-9 - _ .")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MqttConfig:
+        if self.enabled and not self.kiosk_id:
+            raise ValueError("mqtt.kiosk_id is required when mqtt is enabled")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("mqtt.tls_cert and mqtt.tls_key go together")
+        if self.password is not None and not self.username:
+            raise ValueError("mqtt.password needs mqtt.username")
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("mqtt.reconnect_max_s is less than mqtt.reconnect_min_s")
+        return self
+
+    @property
+    def use_tls(self) -> bool:
+        return self.tls or self.tls_ca is not None
+
+
+class CompatConfig(_Section):
+    """The official E-Port client's WebSocket protocol (docs/compat.md). Off by default:
+    the protocol has no pairing, so each origin allowed here is trusted with the card."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(61232, ge=0, le=65535)  # the official client's; 0: any free port
+    # Exact origins, e.g. "http://127.0.0.1:8080" for a practice page.
+    allowed_origins: tuple[str, ...] = ()
+    # https://singlewindow.cn and https://<sub>.singlewindow.cn (https only, default port).
+    allow_singlewindow: bool = True
+
+    @field_validator("host")
+    @classmethod
+    def _loopback_only(cls, value: str) -> str:
+        return ServerConfig._loopback_only(value)
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _exact_origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return SecurityConfig._exact_origins(value)
 
 
 class Config(_Section):
@@ -104,6 +188,8 @@ class Config(_Section):
     security: SecurityConfig = SecurityConfig()
     card: CardConfig = CardConfig()
     paths: PathsConfig = PathsConfig()
+    mqtt: MqttConfig = MqttConfig()
+    compat: CompatConfig = CompatConfig()
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
