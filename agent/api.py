@@ -59,6 +59,7 @@ class PinVerifyBody(_Body):
 class PinChangeBody(_Body):
     old_pin: SecretStr = Field(min_length=1, max_length=64)
     new_pin: SecretStr = Field(min_length=1, max_length=64)
+    confirm_final_try: bool = False
 
 
 class SignBody(_Body):
@@ -267,7 +268,10 @@ def create_app(
     @app.post("/v1/pin/change", tags=["pin"])
     async def pin_change(body: PinChangeBody, who: Authed) -> dict[str, Any]:
         await service.change_pin(
-            who, body.old_pin.get_secret_value(), body.new_pin.get_secret_value()
+            who,
+            body.old_pin.get_secret_value(),
+            body.new_pin.get_secret_value(),
+            confirm_final_try=body.confirm_final_try,
         )
         return {"changed": True}
 

@@ -98,11 +98,13 @@ class CardDriver(Protocol):
 
     def change_pin(self, old_pin: str, new_pin: str) -> None: ...
 
-    def sign(self, message: bytes) -> Signature:
-        """Hash on the host as the card's algorithm requires, then sign."""
+    def sign(self, message: bytes, *, algorithm: SignAlgorithm | None = None) -> Signature:
+        """Hash on the host as the card's algorithm requires, then sign. `algorithm`
+        overrides the card's default hash where the key allows it (an RSA-2048 card asked
+        for RSA-SHA1, as the official client's protocol does)."""
         ...
 
-    def sign_digest(self, digest: bytes) -> Signature:
+    def sign_digest(self, digest: bytes, *, algorithm: SignAlgorithm | None = None) -> Signature:
         """Sign a precomputed digest (SM2: e = SM3(Z||M); RSA: the message hash)."""
         ...
 

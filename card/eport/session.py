@@ -275,8 +275,16 @@ class EPortSession:
 
     # --- signatures ----------------------------------------------------------------
 
-    def sign(self, message: bytes) -> Signature:
-        algorithm = self.algorithm
+    def _choose(self, requested: SignAlgorithm | None) -> SignAlgorithm:
+        default = self.algorithm
+        if requested is None or requested is default:
+            return default
+        if default is not SignAlgorithm.SM2_SM3 and requested is not SignAlgorithm.SM2_SM3:
+            return requested  # an RSA key signs any DigestInfo: SHA-1 or SHA-256
+        raise ValueError(f"a {default.value} card cannot sign {requested.value}")
+
+    def sign(self, message: bytes, *, algorithm: SignAlgorithm | None = None) -> Signature:
+        algorithm = self._choose(algorithm)
         if algorithm is SignAlgorithm.SM2_SM3:
             point = self.signing_certificate().sm2_point
             if point is None:
@@ -285,8 +293,8 @@ class EPortSession:
         name = "sha1" if algorithm is SignAlgorithm.RSA_SHA1 else "sha256"
         return self._sign(algorithm, hashlib.new(name, message).digest())
 
-    def sign_digest(self, digest: bytes) -> Signature:
-        algorithm = self.algorithm
+    def sign_digest(self, digest: bytes, *, algorithm: SignAlgorithm | None = None) -> Signature:
+        algorithm = self._choose(algorithm)
         if len(digest) != algorithm.digest_size:
             raise ValueError(
                 f"{algorithm.value} needs a {algorithm.digest_size}-byte digest, got {len(digest)}"

@@ -311,3 +311,22 @@ def test_concurrent_approve_from_two_processes(path: Path) -> None:
     pending = PairingStore(path).pending()
     assert len(pending) == 40
     assert all(p.approved for p in pending)  # no approval lost to a concurrent write
+
+
+def test_lookup_never_writes_and_says_when_a_touch_is_due(path: Path, clock: FakeClock) -> None:
+    store = PairingStore(path, clock=clock)
+    token, client_id = _pair(store, store)
+    snapshot = path.read_bytes()
+    client, due = store.lookup(token, EXT)
+    assert client is not None
+    assert client.client_id == client_id
+    assert due is False
+    clock.now += 61
+    client, due = store.lookup(token, EXT)
+    assert client is not None
+    assert due is True
+    assert path.read_bytes() == snapshot  # lookup itself never writes (the loop calls it)
+    assert store.lookup(token, "https://evil.example") == (None, False)
+    assert store.lookup("not-a-token", EXT) == (None, False)
+    store.revoke(client_id)
+    assert store.lookup(token, EXT) == (None, False)
