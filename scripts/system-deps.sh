@@ -4,7 +4,8 @@
 set -euo pipefail
 
 PKGS=(pcscd libpcsclite-dev vsmartcard-vpcd pcsc-tools opensc swig openssl
-      mosquitto mosquitto-clients)
+      mosquitto mosquitto-clients chromium fonts-noto-cjk
+      systemd libseccomp2)  # tests/ops: systemd-analyze; the unit's seccomp filters
 
 missing=()
 for p in "${PKGS[@]}"; do
