@@ -802,3 +802,13 @@ def config_check(config_path: Path | None, as_json: bool) -> None:
     click.echo("configuration valid")
     for warning in warnings:
         click.echo(f"warning: {warning}")
+
+
+def _register_practice() -> None:
+    # The practice Single Window (training mode) lives in its own package.
+    from agent.practice.cli import practice_command
+
+    main.add_command(practice_command)
+
+
+_register_practice()

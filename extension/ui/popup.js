@@ -1,0 +1,24 @@
+// Toolbar popup for kiosk staff: is the agent reachable, is a card in, are we paired.
+import { agent, clearToken, getToken } from "../lib/agent.js";
+import { zhMessage } from "../lib/messages.js";
+
+const $ = (id) => document.getElementById(id);
+$("version").textContent = `版本 ${chrome.runtime.getManifest().version} · ${chrome.runtime.id}`;
+
+async function refresh() {
+  $("paired").textContent = (await getToken()) ? "已配对" : "未配对";
+  try {
+    const status = await agent.status();
+    $("agent").textContent = `运行中（${status.version}）`;
+    $("card").textContent = status.card_present ? "已插入" : status.reader_present ? "未插卡" : "无读卡器";
+  } catch (err) {
+    $("agent").textContent = zhMessage(err.code);
+  }
+}
+
+$("repair").addEventListener("click", async () => {
+  await clearToken();
+  await chrome.runtime.sendMessage({ type: "pair" });
+  window.close();
+});
+refresh();
