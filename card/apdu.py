@@ -7,7 +7,8 @@ here and nowhere else. Decoding never raises anything but `ApduFormatError`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from card.errors import ApduFormatError
 
@@ -31,12 +32,20 @@ class CommandApdu:
     p2: int
     data: bytes = b""
     le: int | None = None  # expected response length; None = no Le field
+    # The short/default encoding, computed once: the command is immutable.
+    _wire: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        for name in ("cla", "ins", "p1", "p2"):
-            value = getattr(self, name)
-            if not 0 <= value <= 0xFF:
-                raise ApduFormatError(f"{name.upper()} out of range: {value}")
+        if not (
+            0 <= self.cla <= 0xFF
+            and 0 <= self.ins <= 0xFF
+            and 0 <= self.p1 <= 0xFF
+            and 0 <= self.p2 <= 0xFF
+        ):
+            for name in ("cla", "ins", "p1", "p2"):
+                value = getattr(self, name)
+                if not 0 <= value <= 0xFF:
+                    raise ApduFormatError(f"{name.upper()} out of range: {value}")
         if len(self.data) > EXTENDED_MAX_LC:
             raise ApduFormatError(f"command data too long: {len(self.data)} bytes")
         if self.le is not None and not 1 <= self.le <= EXTENDED_MAX_LE:
@@ -48,6 +57,14 @@ class CommandApdu:
 
     def encode(self, *, extended: bool | None = None) -> bytes:
         """Wire bytes. `extended=None` picks short unless the fields need extended."""
+        if not extended and self._wire is not None:
+            return self._wire
+        wire = self._encode(extended)
+        if not extended and not self.needs_extended:
+            object.__setattr__(self, "_wire", wire)
+        return wire
+
+    def _encode(self, extended: bool | None) -> bytes:
         if extended is None:
             extended = self.needs_extended
         elif not extended and self.needs_extended:
@@ -118,8 +135,11 @@ class CommandApdu:
         return head
 
 
-@dataclass(frozen=True, slots=True)
-class ResponseApdu:
+class ResponseApdu(NamedTuple):
+    """A response: data and SW. A NamedTuple rather than a frozen dataclass because one is
+    built per APDU and tuple construction is the cheapest immutable object Python has
+    (through pcscd, host CPU between APDUs costs throughput several times over)."""
+
     data: bytes
     sw: int
 

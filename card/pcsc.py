@@ -106,6 +106,11 @@ class PcscContext:
         self._owner = threading.get_ident()
         self._released = False
 
+    @property
+    def owner(self) -> int:
+        """The thread ident this context belongs to."""
+        return self._owner
+
     def check_thread(self) -> None:
         if threading.get_ident() != self._owner:
             raise RuntimeError("PC/SC context used outside the thread that owns it")
@@ -211,11 +216,15 @@ class PcscTransport:
         return self._generation
 
     def transmit(self, apdu: bytes) -> bytes:
-        card = self._ensure_card()
+        # The per-APDU path stays short: through pcscd the host's CPU time between two
+        # APDUs costs throughput several times over (bench/bench_pcsc.py).
+        card, ctx = self._card, self._ctx
+        if card is None or ctx is None or self._closed or threading.get_ident() != ctx.owner:
+            card = self._ensure_card()
         hr, response = scard.SCardTransmit(card.handle, card.protocol, list(apdu))
-        hr = _u32(hr)
-        if hr == scard.SCARD_S_SUCCESS and len(response) >= 2:
+        if hr == 0 and len(response) >= 2:
             return bytes(response)
+        hr = _u32(hr)
         if hr in (scard.SCARD_S_SUCCESS, scard.SCARD_E_NOT_TRANSACTED):
             # The reader lost the card mid-APDU: pcsc-lite reports success with no
             # bytes (vpcd) or NOT_TRANSACTED; pcscd learns of the removal only at its
