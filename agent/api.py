@@ -28,7 +28,7 @@ from agent.owner import OwnerError
 from agent.pairing import PairingError, PairingStore
 from agent.security import SecurityMiddleware, redact_websocket_logs
 from agent.service import PURPOSES, Caller, CardService
-from card.crypto.certs import CertificateInfo, certificate_to_pem, days_left
+from card.crypto.certs import certificate_summary
 from card.errors import CardError
 
 log = logging.getLogger("card_agent.api")
@@ -96,20 +96,6 @@ def _b64(value: str, what: str, limit: int) -> bytes:
     if base64.b64encode(raw).decode("ascii") != value:
         raise AgentError("invalid_input", 422, f"{what} is not valid base64.")
     return raw
-
-
-def _cert_json(info: CertificateInfo, now_days_left: float) -> dict[str, Any]:
-    return {
-        "certificate_number": info.serial_hex,
-        "subject": {"cn": info.subject_cn, "ou": info.subject_ou, "o": info.subject_o},
-        "issuer_cn": info.issuer_cn,
-        "not_before": info.not_before.isoformat(),
-        "not_after": info.not_after.isoformat(),
-        "days_left": round(now_days_left, 2),
-        "key_algorithm": info.key_algorithm,
-        "key_bits": info.key_bits,
-        "pem": certificate_to_pem(info.der),
-    }
 
 
 def create_app(
@@ -243,7 +229,7 @@ def create_app(
     async def certificates(_: Authed) -> dict[str, Any]:
         now = datetime.now(UTC)
         certs = await service.certificates()
-        return {slot.value: _cert_json(info, days_left(info, now)) for slot, info in certs.items()}
+        return {slot.value: certificate_summary(info, now) for slot, info in certs.items()}
 
     @app.get("/v1/pin", tags=["pin"])
     async def pin_status(_: Authed) -> dict[str, Any]:

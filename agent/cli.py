@@ -28,6 +28,7 @@ import click
 from agent import __version__
 from agent.config import Config, ConfigError, load_config
 from agent.pairing import PairingError, PairingStore
+from card.crypto.certs import certificate_summary
 
 T = TypeVar("T")
 
@@ -383,22 +384,6 @@ def card_group() -> None:
     """Read the E-Port card."""
 
 
-def _cert_dict(info: Any) -> dict[str, Any]:
-    from card.crypto.certs import certificate_to_pem, days_left
-
-    return {
-        "certificate_number": info.serial_hex,
-        "subject": {"cn": info.subject_cn, "ou": info.subject_ou, "o": info.subject_o},
-        "issuer_cn": info.issuer_cn,
-        "not_before": info.not_before.isoformat(),
-        "not_after": info.not_after.isoformat(),
-        "days_left": round(days_left(info, datetime.now(UTC)), 2),
-        "key_algorithm": info.key_algorithm,
-        "key_bits": info.key_bits,
-        "pem": certificate_to_pem(info.der),
-    }
-
-
 @card_group.command("info")
 @CONFIG_OPTION
 @JSON_OPTION
@@ -419,7 +404,9 @@ def card_info(config_path: Path | None, as_json: bool) -> None:
             "card_type": info.card_type.value,
             "enterprise_code": info.enterprise_code,
         },
-        "certificates": {slot.value: _cert_dict(c) for slot, c in certs.items()},
+        "certificates": {
+            slot.value: certificate_summary(c, datetime.now(UTC)) for slot, c in certs.items()
+        },
     }
     if as_json:
         _emit(data)

@@ -16,10 +16,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,59 +32,31 @@ from card.apdu import CommandApdu
 from card.eport.session import EPortSession
 from card.exchange import ApduExchange
 from card.pcsc import PcscContext, PcscTransport
+from simulator.pcscd import (
+    free_port_pair,
+    pcscd_command,
+    unshare_prefix,
+    vpcd_driver,
+    write_vpcd_conf,
+)
 from simulator.profiles import get_profile
 from simulator.vpcd import VPCD_PORT
 
 READER = "Virtual PCD 00 00"
 APDU = bytes.fromhex("0084000004")  # GET CHALLENGE, 4 bytes back
-_SBIN = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
-_NAMESPACE_SCRIPT = r"""
-set -e
-sock_dir=$1; shift
-if [ ! -d /run/pcscd ]; then
-  mkdir /run/pcscd 2>/dev/null || { mount -t tmpfs -o mode=0755 none /run; mkdir /run/pcscd; }
-fi
-mount --bind "$sock_dir" /run/pcscd
-exec "$@"
-"""
-
-
-class BenchCard:
-    """Answers every command with 4 bytes + 9000; no logic to measure."""
-
-    atr = bytes.fromhex("3B8480016265636801")  # T=1, historical bytes "bech"
-
-    def power_on(self) -> None: ...
-
-    def power_off(self) -> None: ...
-
-    def reset(self) -> None: ...
-
-    def process(self, apdu: bytes) -> bytes:
-        return b"\x00\x01\x02\x03\x90\x00"
 
 
 @contextlib.contextmanager
 def private_pcscd(port: int) -> Iterator[None]:
     """pcscd with its own /run/pcscd (bind-mounted) and vpcd on `port`/`port+1`."""
-    pcscd, unshare = shutil.which("pcscd", path=_SBIN), shutil.which("unshare", path=_SBIN)
-    if pcscd is None or unshare is None:
-        sys.exit("needs pcscd and unshare (or use --system)")
+    driver, prefix = vpcd_driver(), unshare_prefix(probe=False)
+    if driver is None or prefix is None:
+        sys.exit("needs pcscd, vsmartcard-vpcd and unshare (or use --system)")
     workdir = Path(tempfile.mkdtemp(prefix="ca-bench-"))
-    (workdir / "conf").mkdir()
     (workdir / "sock").mkdir()
-    (workdir / "conf" / "vpcd").write_text(
-        'FRIENDLYNAME "Virtual PCD"\n'
-        f"DEVICENAME /dev/null:{port}\n"
-        f"LIBPATH {vpcd_driver()}\n"
-        f"CHANNELID {port}\n"
-    )
+    write_vpcd_conf(workdir / "conf", port, driver)
     os.environ["PCSCLITE_CSOCK_NAME"] = str(workdir / "sock" / "pcscd.comm")
-    ns = [unshare, "--mount", "--propagation", "private"]
-    if os.geteuid() != 0:
-        ns.insert(1, "--map-root-user")
-    cmd = [*ns, "sh", "-c", _NAMESPACE_SCRIPT, "sh", str(workdir / "sock")]
-    cmd += [pcscd, "--foreground", "--config", str(workdir / "conf")]
+    cmd = pcscd_command(workdir / "conf", workdir / "sock", prefix)
     with (workdir / "pcscd.log").open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -99,30 +69,6 @@ def private_pcscd(port: int) -> Iterator[None]:
             proc.kill()
             proc.wait()
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def free_port_pair() -> int:
-    """A base port with base and base+1 free (vpcd listens on both)."""
-    for _ in range(100):
-        base = random.randrange(20000, 60000, 2)
-        try:
-            with (
-                socket.create_server(("0.0.0.0", base)),
-                socket.create_server(("0.0.0.0", base + 1)),
-            ):
-                return base
-        except OSError:
-            continue
-    sys.exit("no free port pair for vpcd")
-
-
-def vpcd_driver() -> str:
-    """The driver path from the installed vpcd reader.conf (Debian path otherwise)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/etc/reader.conf.d/vpcd").read_text().splitlines():
-            if line.split()[:1] == ["LIBPATH"]:
-                return line.split()[1]
-    return "/usr/lib/pcsc/drivers/serial/libifdvpcd.so"
 
 
 def wait_for_card(reader: str, timeout: float = 10.0, *, present: bool = True) -> None:

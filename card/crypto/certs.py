@@ -397,3 +397,19 @@ def certificate_from_pem(pem: str) -> bytes:
         return base64.b64decode("".join(pem[start + len(begin) : stop].split()), validate=True)
     except ValueError as exc:
         raise ProtocolError(f"invalid base64 in PEM certificate: {exc}") from exc
+
+
+def certificate_summary(info: CertificateInfo, now: datetime) -> dict[str, Any]:
+    """The certificate as the agent shows it (API and CLI): number, names, validity,
+    key, and the PEM."""
+    return {
+        "certificate_number": info.serial_hex,
+        "subject": {"cn": info.subject_cn, "ou": info.subject_ou, "o": info.subject_o},
+        "issuer_cn": info.issuer_cn,
+        "not_before": info.not_before.isoformat(),
+        "not_after": info.not_after.isoformat(),
+        "days_left": round(days_left(info, now), 2),
+        "key_algorithm": info.key_algorithm,
+        "key_bits": info.key_bits,
+        "pem": certificate_to_pem(info.der),
+    }

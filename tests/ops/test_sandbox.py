@@ -20,7 +20,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from simulator.pcscd import free_port_pair, pcscd_command, vpcd_driver, write_vpcd_conf
 from tests.ops.conftest import (
     PIN,
     SANDBOX,
@@ -266,74 +266,23 @@ def test_selftest_with_proc_subset_pid_and_hidepid(service_tmp: Path) -> None:
 
 # --- PC/SC through a real pcscd, socket directory read-only ----------------------------------
 
-NAMESPACE = r"""
-set -e
-sock_dir=$1; shift
-if [ ! -d /run/pcscd ]; then
-  mkdir /run/pcscd 2>/dev/null || { mount -t tmpfs -o mode=0755 none /run; mkdir /run/pcscd; }
-fi
-mount --bind "$sock_dir" /run/pcscd
-exec "$@"
-"""
-
-
-def _vpcd_driver() -> Path | None:
-    conf = Path("/etc/reader.conf.d/vpcd")
-    if conf.is_file():
-        for line in conf.read_text().splitlines():
-            parts = line.split()
-            if len(parts) == 2 and parts[0] == "LIBPATH" and Path(parts[1]).exists():
-                return Path(parts[1])
-    default = Path("/usr/lib/pcsc/drivers/serial/libifdvpcd.so")
-    return default if default.exists() else None
-
-
-def _free_pair() -> int:
-    for base in range(41000, 60000, 2):
-        try:
-            with socket.socket() as a, socket.socket() as b:
-                a.bind(("0.0.0.0", base))
-                b.bind(("0.0.0.0", base + 1))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError("no free port pair")
-
 
 @pytest.fixture
 def pcscd(tmp_path: Path) -> Iterator[tuple[Path, int]]:
     """A private pcscd (own mount namespace) with vpcd readers; (socket dir, vpcd port)."""
     pytest.importorskip("smartcard")
-    daemon = shutil.which("pcscd", path=SBIN)
-    driver = _vpcd_driver()
-    if daemon is None or driver is None:
+    driver = vpcd_driver()
+    if shutil.which("pcscd", path=SBIN) is None or driver is None:
         skip_or_fail("pcscd or vsmartcard-vpcd missing (scripts/system-deps.sh)")
-    assert daemon is not None
+    assert driver is not None
     prefix = unshare()
     sock_dir = Path(tempfile.mkdtemp(prefix="ca-ops-"))  # short: sun_path is 108 bytes
-    port = _free_pair()
+    port = free_port_pair()
     conf = tmp_path / "reader.conf.d"
-    conf.mkdir()
-    (conf / "vpcd").write_text(
-        f'FRIENDLYNAME "Virtual PCD"\nDEVICENAME /dev/null:{port}\n'
-        f"LIBPATH {driver}\nCHANNELID {port}\n"
-    )
+    write_vpcd_conf(conf, port, driver)
     log = (tmp_path / "pcscd.log").open("wb")
     proc = subprocess.Popen(
-        [
-            *prefix,
-            "sh",
-            "-c",
-            NAMESPACE,
-            "sh",
-            str(sock_dir),
-            daemon,
-            "--foreground",
-            "--config",
-            str(conf),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
+        pcscd_command(conf, sock_dir, prefix), stdout=log, stderr=subprocess.STDOUT
     )
     try:
         deadline = time.monotonic() + 10

@@ -19,7 +19,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-import random
 import shutil
 import signal
 import socket
@@ -32,45 +31,28 @@ from pathlib import Path
 
 import pytest
 
+from simulator.pcscd import (
+    SBIN_PATH,
+    free_port_pair,
+    pcscd_command,
+    unshare_prefix,
+    vpcd_driver,
+    write_vpcd_conf,
+)
 from simulator.vpcd import VpcdLink
 
 READERS = ("Virtual PCD 00 00", "Virtual PCD 00 01")
 DEFAULT_SOCKET = Path("/run/pcscd/pcscd.comm")
-_SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
-
-# Runs inside the new mount namespace: give pcscd our directory as its /run/pcscd.
-_NAMESPACE_SCRIPT = r"""
-set -e
-sock_dir=$1; shift
-if [ ! -d /run/pcscd ]; then
-  mkdir /run/pcscd 2>/dev/null || { mount -t tmpfs -o mode=0755 none /run; mkdir /run/pcscd; }
-fi
-mount --bind "$sock_dir" /run/pcscd
-exec "$@"
-"""
 
 
 # --- prerequisites -----------------------------------------------------------------
 
 
-def _vpcd_driver() -> Path | None:
-    """The vpcd driver named by the installed reader.conf (any distro layout)."""
-    conf = Path("/etc/reader.conf.d/vpcd")
-    candidates: list[Path] = []
-    if conf.is_file():
-        for line in conf.read_text().splitlines():
-            parts = line.split()
-            if len(parts) == 2 and parts[0] == "LIBPATH":
-                candidates.append(Path(parts[1]))
-    candidates.append(Path("/usr/lib/pcsc/drivers/serial/libifdvpcd.so"))
-    return next((p for p in candidates if p.exists()), None)
-
-
 def _missing_prerequisites() -> list[str]:
     missing = []
-    if shutil.which("pcscd", path=_SBIN_PATH) is None:
+    if shutil.which("pcscd", path=SBIN_PATH) is None:
         missing.append("pcscd (Debian: pcscd)")
-    if _vpcd_driver() is None:
+    if vpcd_driver() is None:
         missing.append("the vpcd driver (Debian: vsmartcard-vpcd)")
     if _pyscard_missing():
         missing.append("pyscard (pip install '.[pcsc]')")
@@ -112,29 +94,6 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 # --- isolation ---------------------------------------------------------------------
 
 
-def _unshare_command() -> list[str] | None:
-    """The prefix that runs a command in a private mount namespace, if we may."""
-    unshare = shutil.which("unshare", path=_SBIN_PATH)
-    if unshare is None:
-        return None
-    cmd = [unshare, "--mount", "--propagation", "private"]
-    if os.geteuid() != 0:
-        cmd.insert(1, "--map-root-user")  # unprivileged user namespace
-    probe_dir = tempfile.mkdtemp(prefix="ca-probe-")
-    try:
-        probe = subprocess.run(
-            [*cmd, "sh", "-c", _NAMESPACE_SCRIPT, "sh", probe_dir, "true"],
-            capture_output=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    finally:
-        shutil.rmtree(probe_dir, ignore_errors=True)
-    return cmd if probe.returncode == 0 else None
-
-
 def _default_socket_in_use() -> bool:
     if not DEFAULT_SOCKET.exists():
         return False
@@ -155,7 +114,7 @@ class _Isolation:
 def _prepare_isolation() -> _Isolation:
     if _missing_prerequisites():
         return _Isolation(None, None)
-    unshare = _unshare_command()
+    unshare = unshare_prefix()
     if unshare is None:
         return _Isolation(None, None)
     sock_dir = Path(tempfile.mkdtemp(prefix="ca-pcscd-"))  # short: sun_path is 108 bytes
@@ -170,41 +129,15 @@ _ISOLATION = _prepare_isolation()
 # --- the daemon --------------------------------------------------------------------
 
 
-def _free_port_pair() -> int:
-    """An even base port with base and base+1 free (vpcd binds INADDR_ANY)."""
-    for _ in range(100):
-        base = random.randrange(20000, 60000, 2)
-        socks = []
-        try:
-            for port in (base, base + 1):
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                socks.append(s)
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                s.bind(("0.0.0.0", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port pair for vpcd")
-
-
 class PcscDaemon:
     """One pcscd we started (and only ever stop ourselves, by its pid)."""
 
     def __init__(self, workdir: Path, isolation: _Isolation, driver: Path) -> None:
-        self.base_port = _free_port_pair()
+        self.base_port = free_port_pair()
         self.readers = READERS
         self._isolation = isolation
         self._conf_dir = workdir / "reader.conf.d"
-        self._conf_dir.mkdir()
-        (self._conf_dir / "vpcd").write_text(
-            'FRIENDLYNAME "Virtual PCD"\n'
-            f"DEVICENAME   /dev/null:{self.base_port}\n"
-            f"LIBPATH      {driver}\n"
-            f"CHANNELID    {self.base_port}\n"
-        )
+        write_vpcd_conf(self._conf_dir, self.base_port, driver)
         self.log_path = workdir / "pcscd.log"
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -221,13 +154,7 @@ class PcscDaemon:
 
     def start(self, timeout: float = 15.0) -> None:
         assert not self.running
-        pcscd = shutil.which("pcscd", path=_SBIN_PATH)
-        assert pcscd is not None
-        cmd = [pcscd, "--foreground", "--config", str(self._conf_dir)]
-        if self._isolation.unshare is not None:
-            assert self._isolation.sock_dir is not None
-            sock_dir = str(self._isolation.sock_dir)
-            cmd = [*self._isolation.unshare, "sh", "-c", _NAMESPACE_SCRIPT, "sh", sock_dir, *cmd]
+        cmd = pcscd_command(self._conf_dir, self._isolation.sock_dir, self._isolation.unshare)
         with self.log_path.open("ab") as log:
             # unshare and sh exec into pcscd: the pid we hold is pcscd's.
             self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
@@ -295,7 +222,7 @@ def pcscd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PcscDaemon]:
             "(needs mount namespaces: root, or unprivileged user namespaces); "
             "stop it first: systemctl stop pcscd.socket pcscd"
         )
-    driver = _vpcd_driver()
+    driver = vpcd_driver()
     assert driver is not None
     daemon = PcscDaemon(tmp_path_factory.mktemp("pcscd"), _ISOLATION, driver)
     daemon.start()
