@@ -197,7 +197,10 @@ def create_app(
     async def pair(body: PairRequestBody, request: Request) -> dict[str, Any]:
         """Ask to pair. Show `code` to the kiosk operator, who approves it on the kiosk."""
         try:
-            req = pairing.request(request.headers.get("origin"), body.client_name)
+            # The store writes under flock with fsync: keep it off the event loop.
+            req = await asyncio.to_thread(
+                pairing.request, request.headers.get("origin"), body.client_name
+            )
         except PairingError as exc:
             raise AgentError("pairing_error", 409, str(exc), {"reason": exc.code}) from None
         return {"request_id": req.request_id, "code": req.code, "expires_at": req.expires_at}
@@ -206,7 +209,9 @@ def create_app(
     async def claim(body: PairClaimBody, request: Request) -> JSONResponse:
         """Poll after asking: 202 while pending, then the token exactly once."""
         try:
-            token = pairing.claim(body.request_id, request.headers.get("origin"))
+            token = await asyncio.to_thread(
+                pairing.claim, body.request_id, request.headers.get("origin")
+            )
         except PairingError as exc:
             raise AgentError("pairing_error", 409, str(exc), {"reason": exc.code}) from None
         if token is None:
@@ -301,7 +306,8 @@ def create_app(
             token = ""
         if (
             not isinstance(token, str)
-            or pairing.authenticate(token, ws.headers.get("origin")) is None
+            or await asyncio.to_thread(pairing.authenticate, token, ws.headers.get("origin"))
+            is None
         ):
             with contextlib.suppress(Exception):
                 await ws.send_json({"type": "error", "code": "unauthorized"})
