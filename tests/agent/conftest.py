@@ -4,7 +4,8 @@ Every agent runs in-process in a background thread (`uvicorn.Server` with
 `should_exit` for shutdown), built by `agent.runtime.build_runtime` from a `Config`
 with a temporary state directory and a simulated card kept in memory
 (`sim_state_file=""`), so tests reach the card itself (`agent.sim`) and the reader
-(`agent.backend.pull_card()` / `insert_card()`).
+(`agent.pull_card()` / `insert_card()`), on the simulated backend and, marked `pcsc`,
+on the PC/SC backend with the same software card behind pcscd + vpcd.
 
 The listening socket is bound before the server starts (port 0), so the port in the
 Host allowlist is the one the server really listens on, with no race for a free port.
@@ -45,6 +46,9 @@ from agent.config import CardConfig, Config, PathsConfig, SecurityConfig, Server
 from agent.pairing import PairingStore
 from agent.runtime import Runtime, audit_path, build_runtime, pairing_path
 from simulator.card_os import SimulatedCard
+from simulator.knobs import CardKnobs, TimingModel
+from simulator.vpcd import VpcdLink
+from tests.pcscd_support import PcscDaemon, ReaderWatch
 
 # Extension ids are 32 letters a-p.
 ORIGIN = "chrome-extension://" + "abcdefghijklmnop" * 2
@@ -74,6 +78,8 @@ class Agent:
     # blocks included: kept out of repr so that no assertion message prints them).
     bodies: list[bytes] = field(default_factory=list, repr=False)
     apdus: list[bytes] = field(default_factory=list, repr=False)
+    # PC/SC backend only: the software card behind vpcd, its link and its reader.
+    vpcd: PcscCard | None = field(default=None, repr=False)
 
     @property
     def base_url(self) -> str:
@@ -95,9 +101,25 @@ class Agent:
 
     @property
     def sim(self) -> SimulatedCard:
+        """The software card, in-process or behind vpcd + pcscd."""
+        if self.vpcd is not None:
+            return self.vpcd.card
         card = self.backend.card
         assert isinstance(card, SimulatedCard)
         return card
+
+    def pull_card(self) -> None:
+        """The visitor takes the card out (simulated reader, or the vpcd link closes)."""
+        if self.vpcd is not None:
+            self.vpcd.link.remove()
+        else:
+            self.backend.pull_card()
+
+    def insert_card(self) -> None:
+        if self.vpcd is not None:
+            self.vpcd.link.insert()
+        else:
+            self.backend.insert_card()
 
     @property
     def state_dir(self) -> Path:
@@ -382,15 +404,26 @@ def running_agent(
     *,
     security: dict[str, Any] | None = None,
     card: dict[str, Any] | None = None,
+    pcsc: PcscCard | None = None,
 ) -> Iterator[Agent]:
+    """An agent on the simulated backend, or, with `pcsc`, on the PC/SC backend reading
+    the software card through pcscd + vpcd (the card's settings then describe that card:
+    its profile and timing)."""
     root.mkdir(parents=True, exist_ok=True)
     log_path = root / "agent.log"
     sock = _loopback_socket()
     port = sock.getsockname()[1]
+    card_settings = {"backend": "simulated", "sim_state_file": "", **(card or {})}
+    if pcsc is not None:
+        card_settings = {
+            **{k: v for k, v in card_settings.items() if k not in ("profile", "timing")},
+            "backend": "pcsc",
+            "reader": pcsc.reader,
+        }
     config = Config(
         server=ServerConfig(host="127.0.0.1", port=port),
         security=SecurityConfig(**{"allowed_origins": (ORIGIN, OTHER_ORIGIN), **(security or {})}),
-        card=CardConfig(**{"backend": "simulated", "sim_state_file": "", **(card or {})}),
+        card=CardConfig(**card_settings),
         paths=PathsConfig(state_dir=root / "state"),
     )
     with captured_logs(log_path):
@@ -416,8 +449,10 @@ def running_agent(
                 sock.close()
                 raise RuntimeError(f"agent did not start; see {log_path}")
             time.sleep(0.005)
-        agent = Agent(runtime, port, root, log_path)
+        agent = Agent(runtime, port, root, log_path, vpcd=pcsc)
         agent.watch_card()
+        if pcsc is not None:  # the owner thread sees the card at its first reader poll
+            assert agent.wait_for(agent.card_present, timeout=START_TIMEOUT_S)
         try:
             yield agent
         finally:
@@ -428,26 +463,85 @@ def running_agent(
             assert not thread.is_alive(), "uvicorn did not stop"
 
 
+@dataclass
+class PcscCard:
+    """A software card behind vpcd, in one of the private pcscd's readers."""
+
+    card: SimulatedCard
+    link: VpcdLink
+    reader: str
+
+
+BACKENDS = ["simulated", pytest.param("pcsc", marks=pytest.mark.pcsc)]
+_readers_in_use: set[int] = set()
+
+
+@contextlib.contextmanager
+def plugged_card(request: pytest.FixtureRequest, card: dict[str, Any] | None) -> Iterator[PcscCard]:
+    """Plug the card `card` describes (profile, timing) into a free vpcd reader."""
+    daemon: PcscDaemon = request.getfixturevalue("pcscd")
+    watch = ReaderWatch()
+    slot = next((s for s in range(len(daemon.readers)) if s not in _readers_in_use), None)
+    assert slot is not None, "every vpcd reader is in use: at most two PC/SC agents at once"
+    _readers_in_use.add(slot)
+    settings = card or {}
+    timing = TimingModel.REALISTIC if settings.get("timing") == "realistic" else None
+    sim = SimulatedCard.create(
+        settings.get("profile", "legal-person-sm2"),
+        knobs=CardKnobs(timing=timing) if timing is not None else None,
+    )
+    link = VpcdLink(sim, port=daemon.port(slot))
+    link.start()
+    reader = daemon.readers[slot]
+    try:
+        watch.present(reader, timeout=10)
+        yield PcscCard(sim, link, reader)
+    finally:
+        link.stop()
+        with contextlib.suppress(Exception):
+            watch.empty(reader)
+        _readers_in_use.discard(slot)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def make_agent(tmp_path: Path) -> Iterator[Callable[..., Agent]]:
-    """`make_agent(security={...}, card={...})`: another agent with config overrides."""
+def make_agent(
+    tmp_path: Path, backend_kind: str, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., Agent]]:
+    """`make_agent(security={...}, card={...})`: another agent with config overrides,
+    on the backend this test runs with."""
     counter = itertools.count()
     with contextlib.ExitStack() as stack:
 
         def make(**overrides: Any) -> Agent:
             root = tmp_path / f"agent{next(counter)}"
+            if backend_kind == "pcsc":
+                overrides["pcsc"] = stack.enter_context(
+                    plugged_card(request, overrides.get("card"))
+                )
             return stack.enter_context(running_agent(root, **overrides))
 
         yield make
 
 
-@pytest.fixture(scope="module")
-def shared_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agent]:
+@pytest.fixture(scope="module", params=BACKENDS)
+def shared_agent(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Agent]:
     """One agent for a whole module of probes that leave the card as it was."""
-    with running_agent(
-        tmp_path_factory.mktemp("shared"), security={"max_body_bytes": 64 * 1024}
-    ) as agent:
-        yield agent
+    with contextlib.ExitStack() as stack:
+        pcsc = stack.enter_context(plugged_card(request, None)) if request.param == "pcsc" else None
+        yield stack.enter_context(
+            running_agent(
+                tmp_path_factory.mktemp("shared"),
+                security={"max_body_bytes": 64 * 1024},
+                pcsc=pcsc,
+            )
+        )
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 The card is the simulated one inside the agent: tests read its real PIN counter and
 verified flag (`agent.sim`), count the APDUs it got (`agent.apdus`) and pull or insert
-it (`agent.backend`).
+it (`agent.pull_card()`).
 """
 
 from __future__ import annotations
@@ -219,7 +219,7 @@ def test_card_pull_ends_the_session_and_the_next_visitor_starts_clean(
     assert agent.sim.verified
     sign_ok(agent, client)
 
-    agent.backend.pull_card()
+    agent.pull_card()
     assert agent.wait_for(lambda: not agent.card_present(), timeout=2)
     error = assert_error(client.post("/v1/sign", json=sign_body()), 401, "session_required")
     assert error["code"] in ERROR_CODES
@@ -229,7 +229,7 @@ def test_card_pull_ends_the_session_and_the_next_visitor_starts_clean(
     assert r.json()["error"]["code"] in ("card_missing", "card_removed")
     assert r.json()["error"]["code"] in ERROR_CODES
 
-    agent.backend.insert_card()
+    agent.insert_card()
     assert agent.wait_for(agent.card_present, timeout=2)
     assert not agent.sim.verified
     since = len(agent.apdus)
@@ -246,14 +246,14 @@ def test_sign_racing_a_card_pull_fails_with_a_documented_code(
     """No waiting for the pull to be noticed: whichever layer sees it first answers."""
     for _ in range(3):
         assert agent.verify(client).status_code == 200
-        agent.backend.pull_card()
+        agent.pull_card()
         r = client.post("/v1/sign", json=sign_body())
         assert r.status_code in (401, 409), r.text
         code = r.json()["error"]["code"]
         assert code in ("session_required", "card_removed", "card_missing")
         assert code in ERROR_CODES
         assert "signature" not in r.json()
-        agent.backend.insert_card()
+        agent.insert_card()
         assert agent.wait_for(agent.card_present, timeout=2)
         assert not agent.sim.verified
 
@@ -426,10 +426,10 @@ def test_events_socket_reports_pull_and_insert_within_a_second(agent: Agent, tok
             assert hello["card_present"] is True
             for _ in range(2):
                 started = time.monotonic()
-                agent.backend.pull_card()
+                agent.pull_card()
                 assert await next_event(ws, "card_removed", started) < 1.0
                 started = time.monotonic()
-                agent.backend.insert_card()
+                agent.insert_card()
                 assert await next_event(ws, "card_inserted", started) < 1.0
 
     asyncio.run(run())

@@ -90,9 +90,9 @@ def run_flows(agent: Agent, ws_messages: list[str]) -> None:
 
         # Card pulled mid-session, and back.
         assert agent.verify(c, CARD_PIN).status_code == 200
-        agent.backend.pull_card()
+        agent.pull_card()
         assert agent.verify(c, WRONG[0]).status_code == 409
-        agent.backend.insert_card()
+        agent.insert_card()
         assert agent.wait_for(agent.card_present)
         assert agent.verify(c, CARD_PIN).status_code == 200
 
@@ -145,7 +145,7 @@ def test_no_bearer_token_in_logs_audit_or_state(make_agent: Callable[..., Agent]
         async with agent.ws(ORIGIN) as ws:
             await ws.send(json.dumps({"type": "auth", "token": token}))
             assert json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "hello"
-            agent.backend.pull_card()
+            agent.pull_card()
             assert json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "card_removed"
 
     asyncio.run(websocket())

@@ -28,8 +28,7 @@ from tests.compat.harness import (
     openssl_verifies,
     serve,
 )
-
-from .conftest import PcscDaemon, Plug, ReaderWatch
+from tests.pcscd_support import PcscDaemon, Plug, ReaderWatch
 
 pytestmark = pytest.mark.pcsc
 

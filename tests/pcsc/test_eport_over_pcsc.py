@@ -25,8 +25,7 @@ from simulator.card_os import SimulatedCard
 from simulator.knobs import CardKnobs
 from simulator.profiles import PROFILES, get_profile
 from simulator.state import CardFactory
-
-from .conftest import PcscDaemon, Plug, ReaderWatch
+from tests.pcscd_support import PcscDaemon, Plug, ReaderWatch
 
 pytestmark = pytest.mark.pcsc
 

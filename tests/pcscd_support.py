@@ -1,0 +1,384 @@
+"""PC/SC tier: a private pcscd with two vpcd readers, and virtual cards to plug in.
+
+Isolation. pcsc-lite's client library takes its socket path from the environment
+variable PCSCLITE_CSOCK_NAME, but the Debian pcscd (1.9.9) ignores it and always
+listens on /run/pcscd/pcscd.comm (checked: the daemon binary does not even contain
+the name). So pcscd runs in its own mount namespace (`unshare`) with a per-session
+directory bind-mounted over /run/pcscd; this process points PCSCLITE_CSOCK_NAME at
+that directory. vpcd's ports come from a per-session reader.conf (`pcscd -c`), so
+neither a system pcscd nor a concurrent run (another checkout, xdist worker) clashes
+with ours. Without mount namespaces (non-root and no user namespaces) we fall back to
+the default socket, but only if no other pcscd owns it.
+
+The socket name is read once per process by libpcsclite, on the first context, so it
+is set when this module is imported (by tests/conftest.py): before any test can
+establish a context.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from simulator.pcscd import (
+    SBIN_PATH,
+    free_port_pair,
+    pcscd_command,
+    unshare_prefix,
+    vpcd_driver,
+    write_vpcd_conf,
+)
+from simulator.vpcd import VpcdLink
+
+READERS = ("Virtual PCD 00 00", "Virtual PCD 00 01")
+DEFAULT_SOCKET = Path("/run/pcscd/pcscd.comm")
+
+
+# --- prerequisites -----------------------------------------------------------------
+
+
+def _missing_prerequisites() -> list[str]:
+    missing = []
+    if shutil.which("pcscd", path=SBIN_PATH) is None:
+        missing.append("pcscd (Debian: pcscd)")
+    if vpcd_driver() is None:
+        missing.append("the vpcd driver (Debian: vsmartcard-vpcd)")
+    if _pyscard_missing():
+        missing.append("pyscard (pip install '.[pcsc]')")
+    return missing
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _skip_or_fail(reason: str) -> None:
+    # Locally a missing system package skips the tier; in CI it must be loud.
+    if _in_ci():
+        pytest.fail(f"PC/SC tier cannot run in CI: {reason}", pytrace=False)
+    pytest.skip(f"PC/SC tier skipped: {reason} (scripts/system-deps.sh installs it)")
+
+
+def _pyscard_missing() -> bool:
+    try:
+        import smartcard.scard  # noqa: F401
+    except ImportError:
+        return True
+    return False
+
+
+# --- isolation ---------------------------------------------------------------------
+
+
+def _default_socket_in_use() -> bool:
+    if not DEFAULT_SOCKET.exists():
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(str(DEFAULT_SOCKET))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass
+class _Isolation:
+    unshare: list[str] | None  # None: pcscd uses the default socket
+    sock_dir: Path | None
+
+
+def _prepare_isolation() -> _Isolation:
+    if _missing_prerequisites():
+        return _Isolation(None, None)
+    unshare = unshare_prefix()
+    if unshare is None:
+        return _Isolation(None, None)
+    sock_dir = Path(tempfile.mkdtemp(prefix="ca-pcscd-"))  # short: sun_path is 108 bytes
+    atexit.register(shutil.rmtree, sock_dir, ignore_errors=True)
+    os.environ["PCSCLITE_CSOCK_NAME"] = str(sock_dir / "pcscd.comm")
+    return _Isolation(unshare, sock_dir)
+
+
+_ISOLATION = _prepare_isolation()
+
+
+# --- the daemon --------------------------------------------------------------------
+
+
+class PcscDaemon:
+    """One pcscd we started (and only ever stop ourselves, by its pid)."""
+
+    def __init__(self, workdir: Path, isolation: _Isolation, driver: Path) -> None:
+        self.base_port = free_port_pair()
+        self.readers = READERS
+        self._isolation = isolation
+        self._conf_dir = workdir / "reader.conf.d"
+        write_vpcd_conf(self._conf_dir, self.base_port, driver)
+        self.log_path = workdir / "pcscd.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def isolated(self) -> bool:
+        return self._isolation.unshare is not None
+
+    def port(self, slot: int) -> int:
+        return self.base_port + slot
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout: float = 15.0) -> None:
+        assert not self.running
+        cmd = pcscd_command(self._conf_dir, self._isolation.sock_dir, self._isolation.unshare)
+        with self.log_path.open("ab") as log:
+            # unshare and sh exec into pcscd: the pid we hold is pcscd's.
+            self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float) -> None:
+        """Poll (with a deadline) until a client sees both vpcd readers."""
+        from card.pcsc import PcscContext  # after PCSCLITE_CSOCK_NAME is set
+
+        deadline = time.monotonic() + timeout
+        last = "not started"
+        while time.monotonic() < deadline:
+            if not self.running:
+                raise RuntimeError(f"pcscd exited; see {self.log_path}:\n{self._log_tail()}")
+            try:
+                ctx = PcscContext()
+            except Exception as e:
+                last = str(e)
+            else:
+                try:
+                    names = ctx.list_readers()
+                    if all(r in names for r in self.readers):
+                        return
+                    last = f"readers {names}"
+                finally:
+                    ctx.release()
+            time.sleep(0.02)
+        raise RuntimeError(f"pcscd not ready after {timeout}s ({last}):\n{self._log_tail()}")
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it lingers."""
+        self._signal(signal.SIGTERM, wait=5.0)
+
+    def kill(self) -> None:
+        """SIGKILL: the harsh way pcscd can vanish under a running agent."""
+        self._signal(signal.SIGKILL, wait=5.0)
+
+    def _signal(self, sig: signal.Signals, wait: float) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+    def _log_tail(self) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-20:])
+        except OSError:
+            return ""
+
+
+@pytest.fixture(scope="session")
+def pcscd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PcscDaemon]:
+    """The private pcscd with readers `Virtual PCD 00 00` / `00 01` up."""
+    missing = _missing_prerequisites()
+    if missing:
+        _skip_or_fail("missing " + ", ".join(missing))
+    if _ISOLATION.unshare is None and _default_socket_in_use():
+        _skip_or_fail(
+            "another pcscd owns /run/pcscd/pcscd.comm and pcscd cannot be isolated here "
+            "(needs mount namespaces: root, or unprivileged user namespaces); "
+            "stop it first: systemctl stop pcscd.socket pcscd"
+        )
+    driver = vpcd_driver()
+    assert driver is not None
+    daemon = PcscDaemon(tmp_path_factory.mktemp("pcscd"), _ISOLATION, driver)
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+# --- reader state helpers ----------------------------------------------------------
+
+
+class ReaderWatch:
+    """Waits, event-driven and with a deadline, for pcscd's view of a reader."""
+
+    def present(self, reader: str, timeout: float = 3.0) -> float:
+        return self._wait(reader, lambda state: self._present(state), timeout)
+
+    def empty(self, reader: str, timeout: float = 3.0) -> float:
+        return self._wait(reader, lambda state: not self._present(state), timeout)
+
+    @staticmethod
+    def _present(state: int) -> bool:
+        from smartcard import scard
+
+        return bool(state & scard.SCARD_STATE_PRESENT)
+
+    def _wait(self, reader: str, done: Callable[[int], bool], timeout: float) -> float:
+        """Seconds until `done(state)` held; fails the test after `timeout`."""
+        from smartcard import scard
+
+        from card.pcsc import PcscContext
+
+        start = time.monotonic()
+        deadline = start + timeout
+        state = scard.SCARD_STATE_UNAWARE
+        ctx: PcscContext | None = None
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    pytest.fail(f"{reader!r}: state 0x{state:X} did not change in {timeout}s")
+                if ctx is None:
+                    with contextlib.suppress(Exception):
+                        ctx = PcscContext()
+                    if ctx is None:  # pcscd (re)starting: poll again shortly
+                        time.sleep(0.02)
+                        continue
+                hr, states = ctx.get_status_change(int(remaining * 1000), [(reader, state)])
+                if hr == scard.SCARD_S_SUCCESS:
+                    state = states[0][1] & ~scard.SCARD_STATE_CHANGED
+                    if done(state):
+                        return time.monotonic() - start
+                elif hr != scard.SCARD_E_TIMEOUT:
+                    ctx.release()  # e.g. pcscd restarted under us
+                    ctx, state = None, scard.SCARD_STATE_UNAWARE
+        finally:
+            if ctx is not None:
+                ctx.release()
+
+
+@pytest.fixture
+def watch(pcscd: PcscDaemon) -> ReaderWatch:
+    return ReaderWatch()
+
+
+# --- virtual cards -----------------------------------------------------------------
+
+
+def make_atr(label: bytes) -> bytes:
+    """A well-formed T=1 ATR with `label` as historical bytes (<= 15) and its TCK."""
+    body = bytes([0x80 | len(label), 0x80, 0x01]) + label
+    tck = 0
+    for b in body:
+        tck ^= b
+    return b"\x3b" + body + bytes([tck])
+
+
+ECHO_AID = bytes.fromhex("A000000003454348")
+
+
+@dataclass
+class EchoCard:
+    """A tiny ISO card: SELECT of ECHO_AID -> 9000, other SELECT -> 6A82, GET DATA
+    (INS CA) -> 4-byte APDU counter, PSO (INS 2A) -> 32 bytes, INS EE raises (for the
+    6F00 test), anything else 6D00. Counts power events."""
+
+    label: bytes = b"echo"
+    processed: int = 0
+    power_ons: int = 0
+    power_offs: int = 0
+    resets: int = 0
+    _atr: bytes = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._atr = make_atr(self.label)
+
+    @property
+    def atr(self) -> bytes:
+        return self._atr
+
+    def power_on(self) -> None:
+        self.power_ons += 1
+
+    def power_off(self) -> None:
+        self.power_offs += 1
+
+    def reset(self) -> None:
+        self.resets += 1
+
+    def process(self, apdu: bytes) -> bytes:
+        self.processed += 1
+        ins = apdu[1]
+        if ins == 0xA4:
+            return b"\x90\x00" if apdu[5:] == ECHO_AID else b"\x6a\x82"
+        if ins == 0xCA:
+            return self.processed.to_bytes(4, "big") + b"\x90\x00"
+        if ins == 0x2A:
+            return bytes(range(32)) + b"\x90\x00"
+        if ins == 0xEE:
+            raise RuntimeError("simulated card bug")
+        return b"\x6d\x00"
+
+
+SELECT_ECHO = bytes([0x00, 0xA4, 0x04, 0x00, len(ECHO_AID)]) + ECHO_AID
+GET_COUNTER = bytes.fromhex("00CA000004")
+PSO_SIGN = bytes.fromhex("002A9E9A00")
+
+
+@dataclass
+class Apdus:
+    select: bytes = SELECT_ECHO
+    counter: bytes = GET_COUNTER
+    pso: bytes = PSO_SIGN
+    failing: bytes = bytes.fromhex("00EE000000")
+
+
+@pytest.fixture
+def apdus() -> Apdus:
+    return Apdus()
+
+
+@pytest.fixture
+def make_card() -> Callable[..., EchoCard]:
+    return EchoCard
+
+
+Plug = Callable[..., VpcdLink]
+
+
+@pytest.fixture
+def plug(pcscd: PcscDaemon, watch: ReaderWatch) -> Iterator[Plug]:
+    """`plug(card, slot=0, inserted=True)` -> a started VpcdLink on that reader; with
+    `inserted` it returns once pcscd sees the card. Teardown pulls every card and
+    waits until pcscd sees the readers empty, so tests do not leak into each other."""
+    links: list[tuple[VpcdLink, int]] = []
+
+    def _plug(card: EchoCard, slot: int = 0, *, inserted: bool = True) -> VpcdLink:
+        link = VpcdLink(card, port=pcscd.port(slot))
+        links.append((link, slot))
+        link.start(inserted=inserted)
+        if inserted:
+            watch.present(pcscd.readers[slot])
+        return link
+
+    yield _plug
+    for link, _slot in links:
+        link.stop()
+    if pcscd.running:
+        for _link, slot in links:
+            watch.empty(pcscd.readers[slot])
