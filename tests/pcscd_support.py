@@ -29,9 +29,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from simulator.card_os import SimulatedCard
+from simulator.knobs import CardKnobs, TimingModel
 from simulator.pcscd import (
     SBIN_PATH,
     free_port_pair,
@@ -382,3 +385,46 @@ def plug(pcscd: PcscDaemon, watch: ReaderWatch) -> Iterator[Plug]:
     if pcscd.running:
         for _link, slot in links:
             watch.empty(pcscd.readers[slot])
+
+
+# --- the software E-Port card in a vpcd reader, for the agent tiers -------------
+
+
+@dataclass
+class PcscCard:
+    """A software card behind vpcd, in one of the private pcscd's readers."""
+
+    card: SimulatedCard
+    link: VpcdLink
+    reader: str
+
+
+BACKENDS = ["simulated", pytest.param("pcsc", marks=pytest.mark.pcsc)]
+_readers_in_use: set[int] = set()
+
+
+@contextlib.contextmanager
+def plugged_card(request: pytest.FixtureRequest, card: dict[str, Any] | None) -> Iterator[PcscCard]:
+    """Plug the card `card` describes (profile, timing) into a free vpcd reader."""
+    daemon: PcscDaemon = request.getfixturevalue("pcscd")
+    watch = ReaderWatch()
+    slot = next((s for s in range(len(daemon.readers)) if s not in _readers_in_use), None)
+    assert slot is not None, "every vpcd reader is in use: at most two PC/SC agents at once"
+    _readers_in_use.add(slot)
+    settings = card or {}
+    timing = TimingModel.REALISTIC if settings.get("timing") == "realistic" else None
+    sim = SimulatedCard.create(
+        settings.get("profile", "legal-person-sm2"),
+        knobs=CardKnobs(timing=timing) if timing is not None else None,
+    )
+    link = VpcdLink(sim, port=daemon.port(slot))
+    link.start()
+    reader = daemon.readers[slot]
+    try:
+        watch.present(reader, timeout=10)
+        yield PcscCard(sim, link, reader)
+    finally:
+        link.stop()
+        with contextlib.suppress(Exception):
+            watch.empty(reader)
+        _readers_in_use.discard(slot)

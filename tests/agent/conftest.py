@@ -46,9 +46,7 @@ from agent.config import CardConfig, Config, PathsConfig, SecurityConfig, Server
 from agent.pairing import PairingStore
 from agent.runtime import Runtime, audit_path, build_runtime, pairing_path
 from simulator.card_os import SimulatedCard
-from simulator.knobs import CardKnobs, TimingModel
-from simulator.vpcd import VpcdLink
-from tests.pcscd_support import PcscDaemon, ReaderWatch
+from tests.pcscd_support import BACKENDS, PcscCard, plugged_card
 
 # Extension ids are 32 letters a-p.
 ORIGIN = "chrome-extension://" + "abcdefghijklmnop" * 2
@@ -461,46 +459,6 @@ def running_agent(
             sock.close()
             runtime.audit.close()
             assert not thread.is_alive(), "uvicorn did not stop"
-
-
-@dataclass
-class PcscCard:
-    """A software card behind vpcd, in one of the private pcscd's readers."""
-
-    card: SimulatedCard
-    link: VpcdLink
-    reader: str
-
-
-BACKENDS = ["simulated", pytest.param("pcsc", marks=pytest.mark.pcsc)]
-_readers_in_use: set[int] = set()
-
-
-@contextlib.contextmanager
-def plugged_card(request: pytest.FixtureRequest, card: dict[str, Any] | None) -> Iterator[PcscCard]:
-    """Plug the card `card` describes (profile, timing) into a free vpcd reader."""
-    daemon: PcscDaemon = request.getfixturevalue("pcscd")
-    watch = ReaderWatch()
-    slot = next((s for s in range(len(daemon.readers)) if s not in _readers_in_use), None)
-    assert slot is not None, "every vpcd reader is in use: at most two PC/SC agents at once"
-    _readers_in_use.add(slot)
-    settings = card or {}
-    timing = TimingModel.REALISTIC if settings.get("timing") == "realistic" else None
-    sim = SimulatedCard.create(
-        settings.get("profile", "legal-person-sm2"),
-        knobs=CardKnobs(timing=timing) if timing is not None else None,
-    )
-    link = VpcdLink(sim, port=daemon.port(slot))
-    link.start()
-    reader = daemon.readers[slot]
-    try:
-        watch.present(reader, timeout=10)
-        yield PcscCard(sim, link, reader)
-    finally:
-        link.stop()
-        with contextlib.suppress(Exception):
-            watch.empty(reader)
-        _readers_in_use.discard(slot)
 
 
 @pytest.fixture(params=BACKENDS)

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from agent.runtime import build_runtime
+from tests.pcscd_support import BACKENDS, plugged_card
 
 from .harness import CompatAgent, loopback_socket, make_config, serve
 
@@ -24,9 +25,12 @@ StartAgent = Callable[..., CompatAgent]
 
 
 @contextlib.contextmanager
-def agent_factory(root: Path) -> Iterator[StartAgent]:
+def agent_factory(
+    root: Path, request: pytest.FixtureRequest | None = None, backend: str = "simulated"
+) -> Iterator[StartAgent]:
     """`start(card={...}, compat={...}, security={...})` -> a running agent built by
-    build_runtime with its state under `root`; all stopped when the block ends."""
+    build_runtime with its state under `root`; all stopped when the block ends. With
+    backend "pcsc" the card the settings describe sits behind pcscd + vpcd instead."""
     with contextlib.ExitStack() as stack:
         numbers = itertools.count()
 
@@ -34,16 +38,26 @@ def agent_factory(root: Path) -> Iterator[StartAgent]:
             home = root / f"agent{next(numbers)}"
             home.mkdir(parents=True)
             sock = loopback_socket()
+            vpcd = None
+            if backend == "pcsc":
+                assert request is not None
+                vpcd = stack.enter_context(plugged_card(request, sections.get("card")))
+                card = {
+                    k: v
+                    for k, v in (sections.get("card") or {}).items()
+                    if k not in ("profile", "timing")
+                }
+                sections["card"] = {**card, "backend": "pcsc", "reader": vpcd.reader}
             config = make_config(home, api_port=sock.getsockname()[1], **sections)
             runtime = build_runtime(config)
-            return stack.enter_context(serve(runtime, sock, log_path=home / "agent.log"))
+            return stack.enter_context(serve(runtime, sock, log_path=home / "agent.log", vpcd=vpcd))
 
         yield start
 
 
-@pytest.fixture
-def start_agent(tmp_path: Path) -> Iterator[StartAgent]:
-    with agent_factory(tmp_path) as start:
+@pytest.fixture(params=BACKENDS)
+def start_agent(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[StartAgent]:
+    with agent_factory(tmp_path, request, request.param) as start:
         yield start
 
 
@@ -53,7 +67,9 @@ def agent(start_agent: StartAgent) -> CompatAgent:
     return start_agent()
 
 
-@pytest.fixture(scope="module")
-def shared_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CompatAgent]:
-    with agent_factory(tmp_path_factory.mktemp("shared")) as start:
+@pytest.fixture(scope="module", params=BACKENDS)
+def shared_agent(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[CompatAgent]:
+    with agent_factory(tmp_path_factory.mktemp("shared"), request, request.param) as start:
         yield start()

@@ -34,6 +34,7 @@ from agent.runtime import Runtime, audit_path
 from card.crypto.certs import certificate_to_pem
 from card.crypto.sm2 import raw_to_der
 from simulator.card_os import SimulatedCard
+from tests.pcscd_support import PcscCard
 
 SW_ORIGIN = "https://app.singlewindow.cn"
 PRACTICE_ORIGIN = "http://127.0.0.1:8080"  # configured exactly in the default test config
@@ -84,6 +85,7 @@ class CompatAgent:
     api_port: int
     compat: CompatServer = field(repr=False)
     log_path: Path | None
+    vpcd: PcscCard | None = field(default=None, repr=False)  # PC/SC backend only
 
     @property
     def port(self) -> int:
@@ -102,9 +104,24 @@ class CompatAgent:
 
     @property
     def sim(self) -> SimulatedCard:
+        """The software card, in-process or behind vpcd + pcscd."""
+        if self.vpcd is not None:
+            return self.vpcd.card
         card = self.backend.card
         assert isinstance(card, SimulatedCard)
         return card
+
+    def pull_card(self) -> None:
+        if self.vpcd is not None:
+            self.vpcd.link.remove()
+        else:
+            self.backend.pull_card()
+
+    def insert_card(self) -> None:
+        if self.vpcd is not None:
+            self.vpcd.link.insert()
+        else:
+            self.backend.insert_card()
 
     def client(self, origin: str = SW_ORIGIN) -> CompatClient:
         return CompatClient(self.url, origin)
@@ -145,7 +162,11 @@ def captured_logs(path: Path) -> Iterator[None]:
 
 @contextlib.contextmanager
 def serve(
-    runtime: Runtime, sock: socket.socket, *, log_path: Path | None = None
+    runtime: Runtime,
+    sock: socket.socket,
+    *,
+    log_path: Path | None = None,
+    vpcd: PcscCard | None = None,
 ) -> Iterator[CompatAgent]:
     """Run the main app (its lifespan starts the card owner, the service and the
     CompatServer) until the block ends."""
@@ -174,7 +195,13 @@ def serve(
             time.sleep(0.005)
         compat = next(c for c in runtime.components if isinstance(c, CompatServer))
         try:
-            yield CompatAgent(runtime, api_port, compat, log_path)
+            agent = CompatAgent(runtime, api_port, compat, log_path, vpcd)
+            if vpcd is not None:  # the owner thread sees the card at its first reader poll
+                deadline = time.monotonic() + START_TIMEOUT_S
+                while not runtime.owner.state.card_present:
+                    assert time.monotonic() < deadline, "the agent never saw the card"
+                    time.sleep(0.01)
+            yield agent
         finally:
             server.should_exit = True
             thread.join(STOP_TIMEOUT_S)

@@ -93,7 +93,7 @@ def test_change_pin_and_no_pin_anywhere(agent: CompatAgent) -> None:
 def test_card_pulled_means_insert_the_card(agent: CompatAgent, tmp_path: Path) -> None:
     with agent.client() as page:
         ok_data(page.call("cus-sec_SpcVerifyPIN", {"passwd": CARD_PIN}))
-        agent.backend.pull_card()
+        agent.pull_card()
         assert agent.wait_for(lambda: not agent.runtime.owner.state.card_present)
         for method, args in (
             ("cus-sec_SpcInitEnvEx", {}),
@@ -104,7 +104,7 @@ def test_card_pulled_means_insert_the_card(agent: CompatAgent, tmp_path: Path) -
             message, code = error_of(page.call(method, args))
             assert code == "Err:Custom51590", method
             assert "请插入IC卡" in message or "重新插入" in message
-        agent.backend.insert_card()
+        agent.insert_card()
         assert agent.wait_for(lambda: agent.runtime.owner.state.card_present)
         # The pull ended the session: the next visitor's card needs the PIN again.
         _, code = error_of(page.call("cus-sec_SpcSignDataAsPEM", {"inData": "x"}))
