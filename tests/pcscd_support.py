@@ -397,6 +397,7 @@ class PcscCard:
     card: SimulatedCard
     link: VpcdLink
     reader: str
+    port: int
 
 
 BACKENDS = ["simulated", pytest.param("pcsc", marks=pytest.mark.pcsc)]
@@ -420,11 +421,12 @@ def plugged_card(request: pytest.FixtureRequest, card: dict[str, Any] | None) ->
     link = VpcdLink(sim, port=daemon.port(slot))
     link.start()
     reader = daemon.readers[slot]
+    plugged = PcscCard(sim, link, reader, daemon.port(slot))
     try:
         watch.present(reader, timeout=10)
-        yield PcscCard(sim, link, reader)
+        yield plugged
     finally:
-        link.stop()
-        with contextlib.suppress(Exception):
+        plugged.link.stop()  # the test may have swapped in another card's link
+        with contextlib.suppress(Exception, pytest.fail.Exception):
             watch.empty(reader)
         _readers_in_use.discard(slot)

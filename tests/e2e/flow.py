@@ -80,7 +80,12 @@ def run_practice_flow(
     page.wait_for_selector(
         "[data-testid=doc-close]:not([disabled])", timeout=read_seconds * 1000 + 5000
     )
-    assert time.monotonic() - opened >= read_seconds - 0.5
+    # Page clock against page clock: when the page opened the form, and when the test saw
+    # the button enabled (a busy machine delays only the latter).
+    enabled_at = page.evaluate("Date.now()")
+    opened_at = int(page.get_attribute("[data-testid=doc-close]", "data-opened-at") or 0)
+    assert enabled_at - opened_at >= read_seconds * 1000 - 300, (enabled_at, opened_at)
+    assert time.monotonic() - opened <= read_seconds + 5
     page.click("[data-testid=doc-close]")
     assert page.is_enabled("[data-testid=confirm-apply]")
     page.click("[data-testid=confirm-apply]")

@@ -327,7 +327,9 @@ async function onReadAgree() {
   $("doc-modal").hidden = false;
   const close = $("doc-modal-close");
   close.disabled = true;
-  const until = Date.now() + state.config.read_seconds * 1000;
+  const opened = Date.now();
+  close.dataset.openedAt = String(opened); // lets staff tooling (and tests) check the rule
+  const until = opened + state.config.read_seconds * 1000;
   const tick = () => {
     const left = Math.ceil((until - Date.now()) / 1000);
     if (left > 0) {
