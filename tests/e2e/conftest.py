@@ -11,7 +11,8 @@ Fixtures:
   helpers for the extension's window, pairing and screenshots.
 
 Chromium is Debian's (/usr/bin/chromium), driven by the `playwright` pip package; no
-browser is downloaded. Screenshots go to artifacts/screenshots/<test>/.
+browser is downloaded. Screenshots go to artifacts/screenshots/<test>/ (<test>-pcsc/ for
+the PC/SC runs).
 """
 
 from __future__ import annotations
@@ -383,6 +384,8 @@ _FAILED = pytest.StashKey[bool]()
 @pytest.fixture
 def screenshots_dir(request: pytest.FixtureRequest) -> Path:
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
+    if request.node.get_closest_marker("pcsc") is not None:
+        name += "-pcsc"  # the same flow again through pcscd + vpcd: keep both sets
     path = SCREENSHOTS / name
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
