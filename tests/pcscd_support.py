@@ -33,6 +33,7 @@ from typing import Any
 
 import pytest
 
+from agent.backend import SimulatedBackend
 from simulator.card_os import SimulatedCard
 from simulator.knobs import CardKnobs, TimingModel
 from simulator.pcscd import (
@@ -430,3 +431,40 @@ def plugged_card(request: pytest.FixtureRequest, card: dict[str, Any] | None) ->
         with contextlib.suppress(Exception, pytest.fail.Exception):
             watch.empty(reader)
         _readers_in_use.discard(slot)
+
+
+class CardHandle:
+    """The card of a test agent, whichever backend it runs on: the software card
+    in-process (simulated backend) or behind vpcd + pcscd (`vpcd` set). Mixed into the
+    agent handles of the test tiers, which provide `runtime` and `vpcd`."""
+
+    runtime: Any
+    vpcd: PcscCard | None
+
+    @property
+    def backend(self) -> SimulatedBackend:
+        backend = self.runtime.backend
+        assert isinstance(backend, SimulatedBackend)
+        return backend
+
+    @property
+    def sim(self) -> SimulatedCard:
+        """The software card, in-process or behind vpcd + pcscd."""
+        if self.vpcd is not None:
+            return self.vpcd.card
+        card = self.backend.card
+        assert isinstance(card, SimulatedCard)
+        return card
+
+    def pull_card(self) -> None:
+        """The visitor takes the card out (simulated reader, or the vpcd link closes)."""
+        if self.vpcd is not None:
+            self.vpcd.link.remove()
+        else:
+            self.backend.pull_card()
+
+    def insert_card(self) -> None:
+        if self.vpcd is not None:
+            self.vpcd.link.insert()
+        else:
+            self.backend.insert_card()

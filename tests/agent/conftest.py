@@ -41,12 +41,10 @@ import websockets
 from websockets.asyncio.client import connect as ws_client
 from websockets.typing import Origin
 
-from agent.backend import SimulatedBackend
 from agent.config import CardConfig, Config, PathsConfig, SecurityConfig, ServerConfig
 from agent.pairing import PairingStore
 from agent.runtime import Runtime, audit_path, build_runtime, pairing_path
-from simulator.card_os import SimulatedCard
-from tests.pcscd_support import BACKENDS, PcscCard, plugged_card
+from tests.pcscd_support import BACKENDS, CardHandle, PcscCard, plugged_card
 
 # Extension ids are 32 letters a-p.
 ORIGIN = "chrome-extension://" + "abcdefghijklmnop" * 2
@@ -67,7 +65,7 @@ _TLS = ssl.create_default_context()
 
 
 @dataclass
-class Agent:
+class Agent(CardHandle):
     runtime: Runtime = field(repr=False)
     port: int
     root: Path  # tmp dir of this agent: state dir and log file live under it
@@ -90,34 +88,6 @@ class Agent:
     @property
     def host(self) -> str:
         return f"127.0.0.1:{self.port}"
-
-    @property
-    def backend(self) -> SimulatedBackend:
-        backend = self.runtime.backend
-        assert isinstance(backend, SimulatedBackend)
-        return backend
-
-    @property
-    def sim(self) -> SimulatedCard:
-        """The software card, in-process or behind vpcd + pcscd."""
-        if self.vpcd is not None:
-            return self.vpcd.card
-        card = self.backend.card
-        assert isinstance(card, SimulatedCard)
-        return card
-
-    def pull_card(self) -> None:
-        """The visitor takes the card out (simulated reader, or the vpcd link closes)."""
-        if self.vpcd is not None:
-            self.vpcd.link.remove()
-        else:
-            self.backend.pull_card()
-
-    def insert_card(self) -> None:
-        if self.vpcd is not None:
-            self.vpcd.link.insert()
-        else:
-            self.backend.insert_card()
 
     @property
     def state_dir(self) -> Path:

@@ -26,15 +26,13 @@ import uvicorn
 from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Origin
 
-from agent.backend import SimulatedBackend
 from agent.compat.protocol import NEXT_BLOCK_METHOD, encode_blocks
 from agent.compat.server import CompatServer
 from agent.config import Config
 from agent.runtime import Runtime, audit_path
 from card.crypto.certs import certificate_to_pem
 from card.crypto.sm2 import raw_to_der
-from simulator.card_os import SimulatedCard
-from tests.pcscd_support import PcscCard
+from tests.pcscd_support import CardHandle, PcscCard
 
 SW_ORIGIN = "https://app.singlewindow.cn"
 PRACTICE_ORIGIN = "http://127.0.0.1:8080"  # configured exactly in the default test config
@@ -80,7 +78,7 @@ def loopback_socket() -> socket.socket:
 
 
 @dataclass
-class CompatAgent:
+class CompatAgent(CardHandle):
     runtime: Runtime = field(repr=False)
     api_port: int
     compat: CompatServer = field(repr=False)
@@ -95,33 +93,6 @@ class CompatAgent:
     @property
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
-
-    @property
-    def backend(self) -> SimulatedBackend:
-        backend = self.runtime.backend
-        assert isinstance(backend, SimulatedBackend)
-        return backend
-
-    @property
-    def sim(self) -> SimulatedCard:
-        """The software card, in-process or behind vpcd + pcscd."""
-        if self.vpcd is not None:
-            return self.vpcd.card
-        card = self.backend.card
-        assert isinstance(card, SimulatedCard)
-        return card
-
-    def pull_card(self) -> None:
-        if self.vpcd is not None:
-            self.vpcd.link.remove()
-        else:
-            self.backend.pull_card()
-
-    def insert_card(self) -> None:
-        if self.vpcd is not None:
-            self.vpcd.link.insert()
-        else:
-            self.backend.insert_card()
 
     def client(self, origin: str = SW_ORIGIN) -> CompatClient:
         return CompatClient(self.url, origin)
