@@ -199,8 +199,11 @@ class PcscBackend:
     None for the first reader holding a card (a kiosk has one). With a pattern, events
     for other readers are ignored.
 
-    Waking: `wake()` is `CardMonitor.cancel()` (SCardCancel; the monitor remembers a
-    cancel that lands between polls). The monitor and the transport are created on
+    Waking: `wake()` only flags the request and returns; a waker thread of this backend
+    makes the `CardMonitor.cancel()` call (SCardCancel; the monitor remembers a cancel
+    that lands between polls). pcsc-lite's SCardCancel opens a new connection to pcscd
+    and waits for its answer without a timeout, so a stopped pcscd holds the caller:
+    that must never be the event loop. The monitor and the transport are created on
     the first call from the owner thread: pcsc-lite binds a context to its thread.
     """
 
@@ -221,6 +224,8 @@ class PcscBackend:
         self._monitor: Any = None  # card.monitor.CardMonitor, created in the owner thread
         self._wake_pending = False
         self._closed = False
+        self._cancel_requested = threading.Event()
+        self._waker: threading.Thread | None = None
 
     def open_driver(self) -> CardDriver:
         self.drop_driver()
@@ -267,14 +272,35 @@ class PcscBackend:
     def wake(self) -> None:
         with self._lock:
             self._wake_pending = True
-            monitor = self._monitor
-        if monitor is not None:
-            monitor.cancel()
+            if self._monitor is None or self._closed:
+                return  # no poll to cut short: the flag covers the next one
+            if self._waker is None:
+                self._waker = threading.Thread(
+                    target=self._waker_main, name="pcsc-waker", daemon=True
+                )
+                self._waker.start()
+        self._cancel_requested.set()
+
+    def _waker_main(self) -> None:
+        # Wake-ups that arrive while a cancel is still stuck in pcscd collapse into one.
+        while True:
+            self._cancel_requested.wait()
+            self._cancel_requested.clear()
+            with self._lock:
+                if self._closed:
+                    return
+                monitor = self._monitor
+            if monitor is not None:
+                try:
+                    monitor.cancel()
+                except Exception as exc:  # a dead context: the poll fails on its own
+                    log.debug("SCardCancel failed: %s", exc)
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
             monitor, self._monitor = self._monitor, None
+        self._cancel_requested.set()  # lets the waker thread see `_closed` and exit
         self.drop_driver()
         if monitor is not None:
             _close_quietly(monitor)

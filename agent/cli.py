@@ -165,8 +165,17 @@ def main() -> None:
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning"]))
 def serve(config_path: Path | None, log_level: str) -> None:
     """Run the localhost API (under systemd: Type=notify with a watchdog)."""
+    import asyncio
+
     import uvicorn
 
+    from agent.listener import (
+        ListenerLimits,
+        effective_max_connections,
+        raise_open_files_limit,
+        server_config,
+        throttle_accept_errors,
+    )
     from agent.notify import SystemdNotifier
     from agent.runtime import build_runtime
 
@@ -174,11 +183,18 @@ def serve(config_path: Path | None, log_level: str) -> None:
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    open_files = raise_open_files_limit()
     runtime = build_runtime(config)
     notifier = next((c for c in runtime.components if isinstance(c, SystemdNotifier)), None)
+    limits = ListenerLimits(
+        request_timeout_s=config.server.request_timeout_s,
+        keepalive_timeout_s=config.server.keepalive_timeout_s,
+        max_connections=effective_max_connections(config.server.max_connections, open_files),
+    )
 
     class Server(uvicorn.Server):
         async def startup(self, sockets: list[Any] | None = None) -> None:
+            throttle_accept_errors(asyncio.get_running_loop())
             await super().startup(sockets)
             # Only here are the listening sockets bound (the lifespan ran before).
             if self.started and not self.should_exit and notifier is not None:
@@ -190,13 +206,12 @@ def serve(config_path: Path | None, log_level: str) -> None:
             await super().shutdown(sockets)
 
     server = Server(
-        uvicorn.Config(
+        server_config(
             runtime.app,
+            limits,
             host=config.server.host,
             port=config.server.port,
             log_level=log_level,
-            access_log=False,
-            server_header=False,
         )
     )
     click.echo(

@@ -40,6 +40,14 @@ class _Section(BaseModel):
 class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(DEFAULT_PORT, ge=1, le=65535)
+    # A request must arrive whole this long after the connection opened (or after its
+    # first byte on a kept-alive connection); slower connections are closed.
+    request_timeout_s: float = Field(10, gt=0, le=300)
+    # Idle kept-alive connections are closed after this long.
+    keepalive_timeout_s: float = Field(5, gt=0, le=300)
+    # Open connections at most (lowered to stay below the open-files limit); over it
+    # the connection that has waited longest for a request is closed.
+    max_connections: int = Field(512, ge=16, le=65536)
 
     @field_validator("host")
     @classmethod
@@ -171,6 +179,11 @@ class CompatConfig(_Section):
     allowed_origins: tuple[str, ...] = ()
     # https://singlewindow.cn and https://<sub>.singlewindow.cn (https only, default port).
     allow_singlewindow: bool = True
+    # Pages connected at once. A new page takes the slot of the longest-idle one; it is
+    # refused only while every page has a request in progress.
+    max_connections: int = Field(8, ge=1, le=64)
+    # A page that sends no request for this long is disconnected (its PIN session ends).
+    idle_timeout_s: float = Field(300, gt=0, le=86400)
 
     @field_validator("host")
     @classmethod

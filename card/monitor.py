@@ -131,8 +131,11 @@ class CardMonitor:
         """
         self._cancelled.set()
         with self._ctx_lock:
-            if self._ctx is not None:
-                self._ctx.cancel()
+            ctx = self._ctx
+        # Outside the lock: SCardCancel can block for as long as pcscd does not answer,
+        # and the polling thread needs the lock to swap contexts.
+        if ctx is not None:
+            ctx.cancel()
 
     def close(self) -> None:
         """Release the context. Idempotent; call from the polling thread."""

@@ -184,6 +184,19 @@ class PcscDaemon:
         """SIGKILL: the harsh way pcscd can vanish under a running agent."""
         self._signal(signal.SIGKILL, wait=5.0)
 
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """pcscd stopped (SIGSTOP) for the block: alive, holding every socket, answering
+        nothing, the way a hung daemon looks to its clients. Always continued after."""
+        proc = self._proc
+        assert proc is not None, "pcscd was not started"
+        assert proc.poll() is None, "pcscd is not running"
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            proc.send_signal(signal.SIGCONT)
+
     def _signal(self, sig: signal.Signals, wait: float) -> None:
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:

@@ -20,7 +20,8 @@ import itertools
 import logging
 import re
 import socket
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from agent.config import Config
+from agent.listener import ListenerLimits, server_config
 from agent.security import ASGIApp, Receive, Scope, Send, _header, allowed_hosts, json_depth_exceeds
 from agent.service import Caller, CardService
 
@@ -49,8 +51,6 @@ from .protocol import (
 log = logging.getLogger("card_agent.compat")
 
 SINGLEWINDOW_DOMAIN = "singlewindow.cn"
-# Pages keep one socket each; more than this at once is not a kiosk browser.
-MAX_CONNECTIONS = 8
 _STARTUP_TIMEOUT_S = 10.0
 _GRACEFUL_SHUTDOWN_S = 5  # seconds; a card call in progress may need to finish
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
@@ -87,6 +87,9 @@ class CompatLimits:
     max_frame_bytes: int  # one WebSocket message (the library sends most calls unchunked)
     max_message_units: int  # a chunked request once reassembled, UTF-16 units
     max_data_bytes: int  # inData / szInfo / random, UTF-8
+    # Pages keep one socket each; more than a few at once is not a kiosk browser.
+    max_connections: int = 8
+    idle_timeout_s: float = 300.0
 
 
 class CompatGuard:
@@ -117,31 +120,66 @@ class CompatGuard:
         await self.app(scope, receive, send)
 
 
+@dataclass
+class _Page:
+    """One connected page: idle (waiting for its next request) or busy with one."""
+
+    ws: WebSocket
+    busy: bool = False
+
+
+class _Slots:
+    """The endpoint's connection slots, least recently active first.
+
+    A page that arrives when every slot is taken gets the slot of the page idle longest
+    (closed with 1001, which ends that page's session); it is refused only when every
+    page has a request in progress.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.pages: OrderedDict[int, _Page] = OrderedDict()
+        self.evicted = 0
+
+    def oldest_idle(self) -> _Page | None:
+        return next((page for page in self.pages.values() if not page.busy), None)
+
+    def touch(self, number: int) -> None:
+        self.pages.move_to_end(number)
+
+
 def create_compat_app(
     service: CardService, *, port: int, policy: OriginPolicy, limits: CompatLimits
 ) -> ASGIApp:
     connection_ids = itertools.count(1)
-    active = 0
+    slots = _Slots(limits.max_connections)
 
     async def endpoint(ws: WebSocket) -> None:
-        nonlocal active
-        if active >= MAX_CONNECTIONS:
-            await ws.close(code=1013)  # before accept: the upgrade is refused
-            return
-        active += 1
+        if len(slots.pages) >= slots.size:
+            victim = slots.oldest_idle()
+            if victim is None:
+                log.info("compat: refusing a page: all %d connections are busy", slots.size)
+                await ws.close(code=1013)  # before accept: the upgrade is refused
+                return
+            slots.evicted += 1
+            log.info("compat: a new page takes the slot of the longest-idle one")
+            await _close_idle(victim.ws)
+        number = next(connection_ids)
+        page = _Page(ws)
+        slots.pages[number] = page
         origin = ws.headers.get("origin", "")
         # No pairing in this protocol: the identity is the origin, and the session is
         # this connection's own (a PIN verified here signs only here).
-        caller = Caller(f"compat:{origin}#{next(connection_ids)}", origin, f"compat:{origin}")
+        caller = Caller(f"compat:{origin}#{number}", origin, f"compat:{origin}")
         conn = Connection(service, caller, limits.max_data_bytes)
         try:
             await ws.accept()
             await ws.send_text(greeting())
-            await _converse(ws, conn, limits)
+            await _converse(ws, conn, limits, page, lambda: slots.touch(number))
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass  # the page went away, possibly while its request was at the card
         finally:
-            active -= 1
+            slots.pages.pop(number, None)
             try:
                 await conn.close()
             except Exception as exc:
@@ -151,15 +189,36 @@ def create_compat_app(
     return CompatGuard(app, hosts=allowed_hosts(port), policy=policy)
 
 
-async def _converse(ws: WebSocket, conn: Connection, limits: CompatLimits) -> None:
+async def _close_idle(ws: WebSocket) -> None:
+    # 1001 "going away": the page library treats the socket as gone and dials again on
+    # its next call. The closed page's own receive loop then ends its session.
+    with contextlib.suppress(Exception):
+        await ws.close(code=1001)
+
+
+async def _converse(
+    ws: WebSocket,
+    conn: Connection,
+    limits: CompatLimits,
+    page: _Page,
+    touch: Callable[[], None],
+) -> None:
     """One request at a time, in arrival order: the page library routes answers by
     method name, so overlapping calls of one page gain nothing, and the card serialises
     them anyway."""
     assembler = BlockAssembler(max_units=limits.max_message_units, invalid_code=ERR_BAD_ARGS)
     while True:
-        message = await ws.receive()
+        page.busy = False
+        try:
+            message = await asyncio.wait_for(ws.receive(), limits.idle_timeout_s)
+        except TimeoutError:
+            log.info("compat: closing a page idle for %g s", limits.idle_timeout_s)
+            await _close_idle(ws)
+            return
         if message["type"] == "websocket.disconnect":
             return
+        page.busy = True
+        touch()
         text = message.get("text")
         if not isinstance(text, str):
             continue  # the page library sends text frames only
@@ -225,8 +284,12 @@ class CompatServer:
         port: int,
         policy: OriginPolicy,
         limits: CompatLimits,
+        listener_limits: ListenerLimits | None = None,
     ) -> None:
         self.service = service
+        # The upgrade request is plain HTTP: slow or idle sockets are cut off as on the
+        # native API's port; a handful of pages never need more connections than this.
+        self.listener_limits = listener_limits or ListenerLimits(max_connections=64)
         self.host = host
         self.requested_port = port
         self.policy = policy
@@ -242,9 +305,23 @@ class CompatServer:
             max_frame_bytes=sec.max_body_bytes,
             max_message_units=sec.max_body_bytes,
             max_data_bytes=sec.max_data_bytes,
+            max_connections=compat.max_connections,
+            idle_timeout_s=compat.idle_timeout_s,
         )
         policy = OriginPolicy(frozenset(compat.allowed_origins), compat.allow_singlewindow)
-        return cls(service, host=compat.host, port=compat.port, policy=policy, limits=limits)
+        listener_limits = ListenerLimits(
+            request_timeout_s=config.server.request_timeout_s,
+            keepalive_timeout_s=config.server.keepalive_timeout_s,
+            max_connections=64,
+        )
+        return cls(
+            service,
+            host=compat.host,
+            port=compat.port,
+            policy=policy,
+            limits=limits,
+            listener_limits=listener_limits,
+        )
 
     async def start(self) -> None:
         if self._task is not None:
@@ -274,13 +351,11 @@ class CompatServer:
     def _make_server(self, port: int) -> _EmbeddedServer:
         app = create_compat_app(self.service, port=port, policy=self.policy, limits=self.limits)
         return _EmbeddedServer(
-            uvicorn.Config(
+            server_config(
                 app,
+                self.listener_limits,
                 lifespan="off",
                 log_config=None,  # leave the process's logging alone
-                access_log=False,
-                server_header=False,
-                proxy_headers=False,
                 ws=_QuietWebSocketProtocol,
                 ws_max_size=self.limits.max_frame_bytes,
                 ws_per_message_deflate=False,

@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import cast
 
 import pytest
-from websockets.exceptions import InvalidStatus
 
-from agent.compat.server import MAX_CONNECTIONS, CompatLimits, CompatServer, OriginPolicy
+from agent.compat.server import CompatLimits, CompatServer, OriginPolicy
 from agent.service import CardService
 from simulator.knobs import TimingModel
 
@@ -71,26 +70,6 @@ def test_concurrent_pages_are_served_one_card_call_at_a_time(agent: CompatAgent)
     finally:
         for page in pages:
             page.close()
-
-
-def test_too_many_connections(agent: CompatAgent) -> None:
-    pages = [agent.client() for _ in range(MAX_CONNECTIONS)]
-    try:
-        with pytest.raises(InvalidStatus):
-            agent.client()
-        pages.pop().close()
-        assert agent.wait_for(lambda: _can_connect(agent))
-    finally:
-        for page in pages:
-            page.close()
-
-
-def _can_connect(agent: CompatAgent) -> bool:
-    try:
-        agent.client().close()
-    except InvalidStatus:
-        return False
-    return True
 
 
 def test_stopping_the_agent_with_a_page_open(tmp_path: Path) -> None:

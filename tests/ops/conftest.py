@@ -61,6 +61,7 @@ def write_config(
     port: int | None = None,
     extra: str = "",
     card_extra: str = "",
+    server_extra: str = "",
 ) -> Path:
     """A TOML config: state in `directory/state`, an allowed origin, a free port."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -69,6 +70,7 @@ def write_config(
         f"""
 [server]
 port = {port or free_port()}
+{server_extra}
 
 [security]
 allowed_origins = ["{ORIGIN}"]
