@@ -449,6 +449,7 @@ def test_pcsc_backend_filters_events_and_wakes_through_the_monitor() -> None:
     class FakeMonitor:
         def __init__(self) -> None:
             self.cancelled = 0
+            self.cancel_threads: list[int] = []
             self.closed = False
             self.script = [
                 [
@@ -462,6 +463,7 @@ def test_pcsc_backend_filters_events_and_wakes_through_the_monitor() -> None:
             return self.script.pop(0) if self.script else []
 
         def cancel(self) -> None:
+            self.cancel_threads.append(threading.get_ident())
             self.cancelled += 1
 
         def close(self) -> None:
@@ -495,7 +497,12 @@ def test_pcsc_backend_filters_events_and_wakes_through_the_monitor() -> None:
         BackendEvent("card_inserted", "Virtual PCD 00 00", ATR),
     ]
     backend.wake()
+    # SCardCancel can block while pcscd does not answer: never on the waking thread.
+    deadline = time.monotonic() + 5
+    while monitor.cancelled < 1 and time.monotonic() < deadline:
+        time.sleep(0.005)
     assert monitor.cancelled == 1
+    assert monitor.cancel_threads[0] != threading.get_ident()
 
     backend.open_driver()
     assert selectors[0].search("Virtual PCD 00 00")
