@@ -28,6 +28,7 @@ from agent.owner import OwnerError
 from agent.pairing import PairingError, PairingStore
 from agent.security import SecurityMiddleware, redact_websocket_logs
 from agent.service import PURPOSES, Caller, CardService
+from agent.text import is_text
 from card.crypto.certs import certificate_summary
 from card.errors import CardError
 
@@ -85,12 +86,15 @@ def _error_response(wire: WireError) -> JSONResponse:
 
 
 def _b64(value: str, what: str, limit: int) -> bytes:
-    if len(value) > (limit * 4) // 3 + 4:
+    # The encoded length bounds the work before decoding; the limit is on the bytes.
+    if len(value) > -(-limit // 3) * 4:
         raise AgentError("payload_too_large", 413, f"{what} is over {limit} bytes.")
     try:
         raw = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise AgentError("invalid_input", 422, f"{what} is not valid base64.") from None
+    if len(raw) > limit:
+        raise AgentError("payload_too_large", 413, f"{what} is over {limit} bytes.")
     # b64decode still accepts excess padding ("QUJD=") and non-zero trailing bits
     # ("QR=="): only the canonical encoding of the bytes is valid base64 here.
     if base64.b64encode(raw).decode("ascii") != value:
@@ -299,16 +303,13 @@ def create_app(
     async def events(ws: WebSocket) -> None:
         """Card and reader events. First message must be {"type":"auth","token":...}."""
         await ws.accept()
-        try:
-            first = await asyncio.wait_for(ws.receive_text(), timeout=5)
-            token = json.loads(first).get("token", "") if first.startswith("{") else ""
-        except (TimeoutError, ValueError, WebSocketDisconnect):
-            token = ""
+        token = await _first_message_token(ws)
         if (
-            not isinstance(token, str)
+            token is None
             or await asyncio.to_thread(pairing.authenticate, token, ws.headers.get("origin"))
             is None
         ):
+            log.info("events: unauthenticated connection closed (4401)")
             with contextlib.suppress(Exception):
                 await ws.send_json({"type": "error", "code": "unauthorized"})
                 await ws.close(code=4401)
@@ -346,6 +347,23 @@ def create_app(
             service.owner.unsubscribe(on_event)
 
     return _secured(app, port, allowed_origins, max_body_bytes)
+
+
+async def _first_message_token(ws: WebSocket) -> str | None:
+    """The token of the first message `{"type": "auth", "token": "..."}`, or None for
+    anything else: silence, a binary frame, not JSON, or a token that is not text."""
+    try:
+        message = await asyncio.wait_for(ws.receive(), timeout=5)
+    except (TimeoutError, WebSocketDisconnect):
+        return None
+    first = message.get("text")
+    if not isinstance(first, str) or not first.startswith("{"):
+        return None
+    try:
+        token = json.loads(first).get("token")
+    except (ValueError, AttributeError):
+        return None
+    return token if isinstance(token, str) and token and is_text(token) else None
 
 
 def _secured(app: FastAPI, port: int, origins: tuple[str, ...], max_body: int) -> FastAPI:

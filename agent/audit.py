@@ -20,9 +20,11 @@ import fcntl
 import hashlib
 import itertools
 import json
+import logging
 import os
 import secrets
 import threading
+from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,6 +41,8 @@ __all__ = [
     "AuditVerifyResult",
     "verify_audit_log",
 ]
+
+log = logging.getLogger("card_agent.audit")
 
 ZERO_HASH = "0" * 64
 # Records are small (titles, digests, ids). A cap keeps a garbage line from costing
@@ -80,6 +84,17 @@ class AuditVerifyResult:
     first_bad_line: int | None  # 1-based
     reason: str | None
     torn_tail: bool  # the last line is what the agent quarantines on its next start
+    # The newest record's (seq, line SHA-256) of a log that verifies: the anchor to keep
+    # elsewhere. 0 and ZERO_HASH otherwise.
+    last_seq: int = 0
+    last_sha256: str = ZERO_HASH
+    # Signature requests whose outcome record is missing (a crash between the card's
+    # answer and the outcome's write); their ids, at most MAX_REPORTED_REQUESTS.
+    requests_without_outcome: int = 0
+    request_ids_without_outcome: tuple[str, ...] = ()
+    # Against a given anchor: True it matches, False it does not, None not checked.
+    anchor_ok: bool | None = None
+    anchor_reason: str | None = None
 
 
 def _check_keys(fields: Mapping[str, object], *, top: bool) -> None:
@@ -105,7 +120,14 @@ def _encode(record: Mapping[str, object]) -> bytes:
     text = json.dumps(
         record, ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False
     )
-    return text.encode("utf-8")  # lone surrogates raise here, before anything is written
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A string that is not text (a lone surrogate) must not cost the record: written
+        # \u-escaped it is still valid JSON and reads back as the same string.
+        return json.dumps(
+            record, ensure_ascii=True, sort_keys=True, separators=(",", ":"), allow_nan=False
+        ).encode("ascii")
 
 
 def _now_rfc3339() -> str:
@@ -200,13 +222,41 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A record before it has its place in the chain (seq and prev)."""
+
+    event: str
+    fields: dict[str, object]
+    id: str
+    time: str
+
+    def record(self, seq: int, prev: str) -> dict[str, object]:
+        return {
+            **self.fields,
+            "event": self.event,
+            "seq": seq,
+            "id": self.id,
+            "time": self.time,
+            "prev": prev,
+        }
+
+
 class AuditLog:
     """Single writer of one audit log file (an exclusive flock keeps a second agent out)."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the chain: order of writes, seq, prev, the fd
         self._failed: OSError | None = None
+        # Records queued by append_later, and the writer thread that writes them.
+        self._queue_cond = threading.Condition()
+        self._queue: deque[_Pending] = deque()
+        self._queued = 0
+        self._done = 0
+        self._closing = False
+        self._writer: threading.Thread | None = None
+        self._fd = -1
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             try:
@@ -277,46 +327,116 @@ class AuditLog:
         return name
 
     def append(self, event: str, **fields: object) -> AuditRecord:
+        """Write one record and fsync it before returning (blocks: call it off the loop)."""
+        pending = self._prepare(event, fields)
+        with self._lock:
+            return self._write([pending])[0]
+
+    def append_later(self, event: str, **fields: object) -> str:
+        """Queue a record for the writer thread, which writes it within a moment and
+        fsyncs with the records around it (group commit). Returns its id at once; never
+        blocks. Bad fields raise here, as with `append`. A crash can lose a queued record:
+        use it only for records whose loss `audit verify` can report (the outcome of a
+        request whose own record was written with `append`)."""
+        pending = self._prepare(event, fields)
+        with self._queue_cond:
+            if self._fd < 0 or self._closing:
+                raise ValueError("audit log is closed")
+            self._queue.append(pending)
+            self._queued += 1
+            if self._writer is None:
+                self._writer = threading.Thread(
+                    target=self._writer_main, name="audit-writer", daemon=True
+                )
+                self._writer.start()
+            self._queue_cond.notify_all()
+        return pending.id
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every queued record is written and fsynced; False on timeout."""
+        with self._queue_cond:
+            target = self._queued
+            return self._queue_cond.wait_for(lambda: self._done >= target, timeout)
+
+    @property
+    def anchor(self) -> tuple[int, str]:
+        """(seq, SHA-256 of the line) of the newest record: kept elsewhere (telemetry, an
+        operator's note), it lets `audit verify --anchor` detect an edited or cut-off tail."""
+        with self._lock:
+            return self._seq, self._prev
+
+    def _prepare(self, event: str, fields: Mapping[str, object]) -> _Pending:
         if not isinstance(event, str) or not event:
             raise ValueError("event must be a non-empty string")
         _check_keys(fields, top=True)
-        with self._lock:
-            if self._fd < 0:
-                raise ValueError("audit log is closed")
-            if self._failed is not None:
-                # Fail closed: after a failed write/fsync the file state is unknown; the
-                # next start recovers it. The caller must not proceed unaudited.
-                raise AuditLogError("an earlier audit write failed") from self._failed
-            record: dict[str, object] = {
-                **fields,
-                "event": event,
-                "seq": self._seq + 1,
-                "id": "a-" + secrets.token_hex(6),
-                "time": _now_rfc3339(),
-                "prev": self._prev,
-            }
-            line = _encode(record)
-            if len(line) > MAX_LINE_BYTES:
-                raise ValueError("audit record too large")
-            try:
-                _write_all(self._fd, line + b"\n")
-                os.fsync(self._fd)
-            except OSError as exc:
-                self._failed = exc
-                raise
-            self._seq += 1
-            self._prev = _sha256(line)
-            return AuditRecord(
-                seq=self._seq,
-                id=str(record["id"]),
-                time=str(record["time"]),
-                prev=str(record["prev"]),
-                event=event,
-                fields=dict(fields),
-                line_sha256=self._prev,
+        pending = _Pending(event, dict(fields), "a-" + secrets.token_hex(6), _now_rfc3339())
+        # Encode once now, so that an unencodable or oversized record fails its caller
+        # and never the writer thread.
+        if len(_encode(pending.record(1 << 62, ZERO_HASH))) > MAX_LINE_BYTES:
+            raise ValueError("audit record too large")
+        return pending
+
+    def _write(self, batch: list[_Pending]) -> list[AuditRecord]:
+        """Write `batch` as consecutive records with one write and one fsync. Under _lock."""
+        if self._fd < 0:
+            raise ValueError("audit log is closed")
+        if self._failed is not None:
+            # Fail closed: after a failed write/fsync the file state is unknown; the next
+            # start recovers it. The caller must not proceed unaudited.
+            raise AuditLogError("an earlier audit write failed") from self._failed
+        seq, prev = self._seq, self._prev
+        lines: list[bytes] = []
+        written: list[AuditRecord] = []
+        for pending in batch:
+            seq += 1
+            line = _encode(pending.record(seq, prev))
+            lines.append(line)
+            written.append(
+                AuditRecord(
+                    seq=seq,
+                    id=pending.id,
+                    time=pending.time,
+                    prev=prev,
+                    event=pending.event,
+                    fields=pending.fields,
+                    line_sha256=(prev := _sha256(line)),
+                )
             )
+        try:
+            _write_all(self._fd, b"".join(line + b"\n" for line in lines))
+            os.fsync(self._fd)
+        except OSError as exc:
+            self._failed = exc
+            raise
+        self._seq, self._prev = seq, prev
+        return written
+
+    def _writer_main(self) -> None:
+        while True:
+            with self._queue_cond:
+                self._queue_cond.wait_for(lambda: bool(self._queue) or self._closing)
+                if not self._queue:
+                    return
+                batch = list(self._queue)
+                self._queue.clear()
+            try:
+                with self._lock:
+                    self._write(batch)
+            except Exception as exc:
+                # Later appends fail closed (self._failed); these records are lost, and
+                # the requests they complete show as without outcome in `audit verify`.
+                log.error("audit log: %d queued record(s) not written: %s", len(batch), exc)
+            with self._queue_cond:
+                self._done += len(batch)
+                self._queue_cond.notify_all()
 
     def close(self) -> None:
+        with self._queue_cond:
+            self._closing = True
+            self._queue_cond.notify_all()
+            writer = self._writer
+        if writer is not None:
+            writer.join(10)
         with self._lock:
             if self._fd >= 0:
                 os.close(self._fd)  # also releases the flock
@@ -346,16 +466,44 @@ def _iter_lines(f: BinaryIO) -> Iterator[tuple[bytes | None, bool]]:
             yield None, complete
 
 
-def verify_audit_log(path: Path) -> AuditVerifyResult:
-    """Check JSON, seq continuity and the hash chain of every line; streams (O(1) memory).
+REQUEST_EVENT = "sign_request"  # written (fsynced) while the card signs
+OUTCOME_EVENT = "sign"  # names its request in `request`
+MAX_REPORTED_REQUESTS = 20
+_MAX_OPEN_REQUESTS = 100_000  # memory bound against a hostile log
+
+
+class _Requests:
+    """Signature requests seen, less those whose outcome record followed."""
+
+    def __init__(self) -> None:
+        self.open: dict[str, None] = {}
+        self.overflow = 0
+
+    def see(self, rec: Mapping[str, Any]) -> None:
+        event = rec.get("event")
+        if event == REQUEST_EVENT:
+            if len(self.open) < _MAX_OPEN_REQUESTS:
+                self.open[str(rec["id"])] = None
+            else:
+                self.overflow += 1
+        elif event == OUTCOME_EVENT and isinstance(rec.get("request"), str):
+            self.open.pop(rec["request"], None)
+
+
+def verify_audit_log(path: Path, anchor: tuple[int, str] | None = None) -> AuditVerifyResult:
+    """Check JSON, seq continuity and the hash chain of every line; streams.
 
     A broken link between lines j-1 and j is ambiguous on its own; line j+1 settles it:
-    if j+1 still chains to j, record j-1 was altered, otherwise record j was.
+    if j+1 still chains to j, record j-1 was altered, otherwise record j was. The newest
+    record has no successor: only an `anchor` (seq, line SHA-256) kept elsewhere shows
+    that it was edited, or that records after it were cut off.
     """
     expected_seq, prev_hash = 1, ZERO_HASH
     bad: tuple[int, str] | None = None
     suspect = 0  # line whose prev did not match, awaiting the next line
     lineno, last_complete, last_valid = 0, True, True
+    requests = _Requests()
+    anchor_seen: str | None = None
     with open(path, "rb") as f:
         for line, complete in _iter_lines(f):
             lineno += 1
@@ -383,6 +531,9 @@ def verify_audit_log(path: Path) -> AuditVerifyResult:
                     suspect = lineno
                 expected_seq += 1
                 prev_hash = _sha256(line)
+                requests.see(rec)
+                if anchor is not None and rec["seq"] == anchor[0]:
+                    anchor_seen = prev_hash
     if suspect and bad is None:
         bad = (suspect, "prev hash mismatch")
     torn = lineno > 0 and (not last_complete or not last_valid)
@@ -393,6 +544,33 @@ def verify_audit_log(path: Path) -> AuditVerifyResult:
             f"unrecovered crash tail: last line {what} (the agent moves it aside "
             "and logs log_recovered on its next start)",
         )
+    open_ids = tuple(requests.open)
+    common: dict[str, Any] = {
+        "requests_without_outcome": len(open_ids) + requests.overflow,
+        "request_ids_without_outcome": open_ids[:MAX_REPORTED_REQUESTS],
+    }
+    if anchor is not None:
+        if anchor_seen is None:
+            common["anchor_ok"] = False
+            common["anchor_reason"] = (
+                f"record {anchor[0]} is missing: records were cut off (or the anchor is "
+                "from another log)"
+            )
+        elif anchor_seen != anchor[1]:
+            common["anchor_ok"] = False
+            common["anchor_reason"] = f"record {anchor[0]} differs from the anchor: altered"
+        else:
+            common["anchor_ok"] = True
     if bad is None:
-        return AuditVerifyResult(True, lineno, None, None, False)
-    return AuditVerifyResult(False, bad[0] - 1, bad[0], bad[1], torn)
+        return AuditVerifyResult(
+            anchor is None or common["anchor_ok"] is True,
+            lineno,
+            None,
+            None,
+            False,
+            last_seq=expected_seq - 1,
+            last_sha256=prev_hash,
+            **common,
+        )
+    # No anchor to offer for a log that does not verify.
+    return AuditVerifyResult(False, bad[0] - 1, bad[0], bad[1], torn, **common)

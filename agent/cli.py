@@ -169,6 +169,7 @@ def serve(config_path: Path | None, log_level: str) -> None:
 
     import uvicorn
 
+    from agent.audit import AuditLogError
     from agent.listener import (
         ListenerLimits,
         effective_max_connections,
@@ -184,7 +185,11 @@ def serve(config_path: Path | None, log_level: str) -> None:
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     open_files = raise_open_files_limit()
-    runtime = build_runtime(config)
+    try:
+        runtime = build_runtime(config)
+    except AuditLogError as exc:
+        # An operator's problem, not a crash: say what and how, in one line.
+        _fail("audit_log", f"cannot open the audit log: {exc}", as_json=False)
     notifier = next((c for c in runtime.components if isinstance(c, SystemdNotifier)), None)
     limits = ListenerLimits(
         request_timeout_s=config.server.request_timeout_s,
@@ -677,14 +682,33 @@ def audit() -> None:
 @audit.command("verify")
 @CONFIG_OPTION
 @click.option("--path", "log_path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--anchor",
+    metavar="SEQ:SHA256",
+    help="an anchor kept elsewhere (telemetry, an earlier `audit verify`): detects an "
+    "edited newest record or cut-off records",
+)
 @JSON_OPTION
-def audit_verify(config_path: Path | None, log_path: Path | None, as_json: bool) -> None:
-    """Check the hash chain; report the first bad record. Exit 0 valid, 1 not."""
+def audit_verify(
+    config_path: Path | None, log_path: Path | None, anchor: str | None, as_json: bool
+) -> None:
+    """Check the hash chain; report the first bad record. Exit 0 valid, 1 not.
+
+    Prints the anchor (seq and SHA-256 of the newest record) to keep elsewhere, and the
+    signature requests whose outcome record is missing (a crash between the card's
+    answer and the outcome's write; the request record names what was asked).
+    """
     from agent.audit import verify_audit_log
     from agent.runtime import audit_path
 
+    parsed: tuple[int, str] | None = None
+    if anchor is not None:
+        seq_text, _, digest = anchor.partition(":")
+        if not seq_text.isdigit() or len(digest) != 64:
+            raise click.BadParameter("expected SEQ:SHA256", param_hint="--anchor")
+        parsed = (int(seq_text), digest.lower())
     path = log_path or audit_path(_load(config_path))
-    result = verify_audit_log(path)
+    result = verify_audit_log(path, parsed)
     if as_json:
         click.echo(
             json.dumps(
@@ -694,13 +718,32 @@ def audit_verify(config_path: Path | None, log_path: Path | None, as_json: bool)
                     "first_bad_line": result.first_bad_line,
                     "reason": result.reason,
                     "torn_tail": result.torn_tail,
+                    "anchor": f"{result.last_seq}:{result.last_sha256}"
+                    if result.first_bad_line is None
+                    else None,
+                    "anchor_ok": result.anchor_ok,
+                    "anchor_reason": result.anchor_reason,
+                    "requests_without_outcome": result.requests_without_outcome,
+                    "request_ids_without_outcome": list(result.request_ids_without_outcome),
                 }
             )
         )
-    elif result.ok:
-        click.echo(f"{path}: {result.records} records, chain valid")
-    else:
+        sys.exit(0 if result.ok else 1)
+    if result.first_bad_line is not None:
         click.echo(f"{path}: INVALID at line {result.first_bad_line}: {result.reason}")
+    else:
+        click.echo(f"{path}: {result.records} records, chain valid")
+        click.echo(f"anchor: {result.last_seq}:{result.last_sha256}")
+    if result.anchor_ok is True:
+        click.echo("anchor matches")
+    elif result.anchor_ok is False:
+        click.echo(f"ANCHOR MISMATCH: {result.anchor_reason}")
+    if result.requests_without_outcome:
+        ids = ", ".join(result.request_ids_without_outcome)
+        click.echo(
+            f"{result.requests_without_outcome} signature request(s) without an outcome "
+            f"record (the agent stopped before writing it): {ids}"
+        )
     sys.exit(0 if result.ok else 1)
 
 

@@ -120,6 +120,7 @@ ERROR_CODES: tuple[str, ...] = (
     "unsupported_card",
     "card_error",
     "signature_invalid",
+    "audit_unavailable",
     "pairing_error",
     "internal_error",
 )

@@ -34,6 +34,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from agent.text import is_text
+
 __all__ = ["PairedClient", "PairingError", "PairingRequest", "PairingStore"]
 
 _T = TypeVar("_T")
@@ -224,13 +226,15 @@ class PairingStore:
         path: Path,
         *,
         code_ttl_s: float = 300,
-        max_pending: int = 8,
+        max_pending: int = 64,
+        max_pending_per_origin: int = 3,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = Path(path)
         self._lock_path = self.path.with_name(self.path.name + ".lock")
         self._ttl = float(code_ttl_s)
         self._max_pending = max_pending
+        self._max_per_origin = max_pending_per_origin
         self._clock = clock
         self._state = _State()
         self._by_hash: dict[str, _Client] = {}
@@ -340,6 +344,14 @@ class PairingStore:
 
         def change(state: _State, now: float) -> PairingRequest:
             live = [p for p in state.pending if now < p.expires_at]
+            # Requests wait per origin ("" for local tools without one): over the limit
+            # the origin's longest-waiting request yields. A flood from one origin (a
+            # local process needs none, and can forge any) never locks out another, nor
+            # its own origin for the code's lifetime.
+            same = sorted((p for p in live if p.origin == origin), key=lambda p: p.created_at)
+            for stale in same[: max(0, len(same) - self._max_per_origin + 1)]:
+                state.pending.remove(stale)
+                live.remove(stale)
             if len(live) >= self._max_pending:
                 raise PairingError("too_many_pending")
             used = {p.code for p in state.pending}
@@ -392,6 +404,8 @@ class PairingStore:
         """The token once approved (exactly once), None while pending."""
         if not isinstance(request_id, str) or len(request_id) > _TOKEN_MAX:
             raise PairingError("unknown_request")
+        if not is_text(request_id):
+            raise PairingError("unknown_request")
         # Polls are frequent: answer "still pending" from the cache without the lock.
         if self._claimable(self._refresh(), request_id, origin).approved_at is None:
             return None
@@ -438,6 +452,8 @@ class PairingStore:
     def _check(self, token: str, origin: str | None) -> _Client | None:
         if not isinstance(token, str) or not token or len(token) > _TOKEN_MAX:
             return None
+        if not is_text(token):
+            return None  # a lone surrogate cannot be a token (nor be hashed)
         digest = _hash_token(token)
         self._refresh()
         client = self._by_hash.get(digest)

@@ -110,6 +110,7 @@ def build_runtime(config: Config) -> Runtime:
             state_dir=state_dir(config),
             version=__version__,
             presence=service.status,
+            audit_anchor=lambda: audit.anchor,
             selftest_hook=None,
         )
         service.add_listener(telemetry.on_event)

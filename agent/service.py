@@ -16,10 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from agent.audit import AuditLog
+from agent.audit import AuditLog, AuditRecord
 from agent.errors import AgentError, wire_error
 from agent.owner import CardOwner
 from agent.sessions import SessionManager, SigningSession
+from agent.text import is_text
 from card import errors as ce
 from card.crypto.certs import CertificateInfo, parse_certificate
 from card.crypto.rsa import rsa_verify_digest
@@ -36,6 +37,8 @@ from card.eport.driver import (
 
 log = logging.getLogger("card_agent.service")
 T = TypeVar("T")
+
+_MAX_ENDED_REMEMBERED = 64
 
 PURPOSES = ("seal", "agreement", "data_authorisation", "application", "receipt", "login", "other")
 
@@ -85,6 +88,12 @@ class CardService:
         self._certs: dict[bytes, CertificateInfo] = {}
         self._expiry_task: asyncio.Task[None] | None = None
         self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
+        # PIN operations one at a time: a session opened by one verification is never
+        # ended by the outcome of another that was already at the card.
+        self._pin_lock = asyncio.Lock()
+        # client -> who ended its session by clearing the card's verified state (told to
+        # the client once, on its next request that needs the session).
+        self._ended_by: dict[str, str] = {}
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -117,6 +126,8 @@ class CardService:
             ended = self.sessions.end_all()
             if ended:
                 log.info("card event %s ended %d session(s)", kind, len(ended))
+            else:
+                log.debug("card event %s", kind)
         self._emit(kind)
 
     async def _expire_sessions(self) -> None:
@@ -189,20 +200,23 @@ class CardService:
             driver.verify_pin(pin)
             return driver.card_info(), self.owner.state.generation
 
-        try:
-            info, generation = await self.run(job, label="verify_pin")
-        except Exception as exc:
-            wire = wire_error(exc)
-            await self._audit(
-                "pin_verify",
-                client=caller.client_id,
-                origin=caller.origin,
-                result="failed",
-                error=wire.code,
-            )
-            self._emit("pin_verify", ok=False, code=wire.code)
-            raise
-        session = self.sessions.open(caller.client_id, info.card_number, generation)
+        async with self._pin_lock:
+            try:
+                info, generation = await self.run(job, label="verify_pin")
+            except Exception as exc:
+                await self._verified_state_lost(caller, exc)
+                wire = wire_error(exc)
+                await self._audit(
+                    "pin_verify",
+                    client=caller.client_id,
+                    origin=caller.origin,
+                    result="failed",
+                    error=wire.code,
+                )
+                self._emit("pin_verify", ok=False, code=wire.code)
+                raise
+            session = self.sessions.open(caller.client_id, info.card_number, generation)
+            self._ended_by.pop(caller.client_id, None)
         await self._audit(
             "pin_verify",
             client=caller.client_id,
@@ -223,18 +237,53 @@ class CardService:
             self._check_floor(driver.pin_status(), floor, confirm_final_try)
             driver.change_pin(old_pin, new_pin)
 
-        try:
-            await self.run(job, label="change_pin")
-        except Exception as exc:
-            await self._audit(
-                "pin_change",
-                client=caller.client_id,
-                origin=caller.origin,
-                result="failed",
-                error=wire_error(exc).code,
-            )
-            raise
+        async with self._pin_lock:
+            try:
+                await self.run(job, label="change_pin")
+            except Exception as exc:
+                await self._verified_state_lost(caller, exc)
+                await self._audit(
+                    "pin_change",
+                    client=caller.client_id,
+                    origin=caller.origin,
+                    result="failed",
+                    error=wire_error(exc).code,
+                )
+                raise
         await self._audit("pin_change", client=caller.client_id, origin=caller.origin, result="ok")
+
+    async def _verified_state_lost(self, caller: Caller, exc: BaseException) -> None:
+        """After a failed PIN operation: did it clear the card's verified state?
+
+        The card has one verified state, shared by every open session. A PIN the card
+        refused (wrong, blocked, or a failed change) clears it, whoever sent it: every
+        session that relied on it ends, visibly (their next request is told why, the
+        audit log and the telemetry say so), so that the agent's view and the card's
+        state agree. A PIN refused before the card (format, floor) changes nothing.
+        """
+        if not isinstance(exc, ce.CardError) or isinstance(exc, ce.InvalidPinFormat):
+            return
+        ended = self.sessions.end_all()
+        if not ended:
+            return
+        for session in ended:
+            self._ended_by[session.client_id] = caller.client_id
+        while len(self._ended_by) > _MAX_ENDED_REMEMBERED:  # clients that never came back
+            del self._ended_by[next(iter(self._ended_by))]
+        others = sum(1 for s in ended if s.client_id != caller.client_id)
+        log.info(
+            "a refused PIN cleared the card's verified state: %d session(s) ended "
+            "(%d of other clients)",
+            len(ended),
+            others,
+        )
+        await self._audit(
+            "session_end",
+            reason="card_verification_lost",
+            by=caller.client_id,
+            clients=sorted(s.client_id for s in ended),
+        )
+        self._emit("session_end", reason="card_verification_lost", count=len(ended))
 
     @staticmethod
     def _check_floor(status: PinStatus, floor: int, confirmed: bool) -> None:
@@ -262,6 +311,16 @@ class CardService:
     def session_for(self, caller: Caller) -> SigningSession:
         session = self.sessions.get(caller.client_id)
         if session is None:
+            by = self._ended_by.pop(caller.client_id, None)
+            if by is not None:
+                raise AgentError(
+                    "session_required",
+                    401,
+                    "A refused PIN cleared the card's verified state"
+                    + (" (another client's)" if by != caller.client_id else "")
+                    + ". Verify the PIN again.",
+                    {"reason": "card_verification_lost"},
+                )
             raise AgentError("session_required", 401, "Verify the PIN first.")
         if session.generation != self.owner.state.generation:
             self.sessions.end(caller.client_id)
@@ -269,15 +328,6 @@ class CardService:
         return session
 
     # --- signing -------------------------------------------------------------------------
-
-    async def _sign_failed(
-        self, exc: BaseException, common: dict[str, Any], session: SigningSession, purpose: str
-    ) -> None:
-        wire = wire_error(exc)
-        await self._audit(
-            "sign", **common, card=session_card(session), result="failed", error=wire.code
-        )
-        self._emit("sign", ok=False, code=wire.code, purpose=purpose)
 
     async def sign(
         self,
@@ -289,20 +339,36 @@ class CardService:
         digest: bytes | None = None,
         algorithm: SignAlgorithm | None = None,
     ) -> SignOutcome:
-        if (data is None) == (digest is None):
-            raise AgentError("invalid_input", 422, "Give exactly one of data or digest.")
+        """Sign `data` (or a precomputed `digest`) for the caller's session.
+
+        The audit record of the request is written and fsynced while the card signs
+        (the card takes ~150 ms, the fsync a few ms), so no signature leaves the agent
+        unless a durable record names the request it answers; the outcome record
+        follows by group commit (`AuditLog.append_later`). The card's signature is
+        checked against its certificate on the card owner thread, right after the card
+        answered, before anything leaves.
+        """
+        self._check_sign_request(purpose, title, data, digest)
         # A request may be first to see an expired session: log the card out now, not
         # at the expiry loop's next tick (the card must not stay verified meanwhile).
         await self._expire_now()
         session = self.session_for(caller)
         self.sessions.touch(session)
-        data_sha256 = hashlib.sha256(data).hexdigest() if data is not None else None
+        request: dict[str, Any] = {
+            "client": caller.client_id,
+            "origin": caller.origin,
+            "purpose": purpose,
+            "title": title,
+            "data_sha256": hashlib.sha256(data).hexdigest() if data is not None else None,
+            "digest": digest.hex() if digest is not None else None,
+            "card": session_card(session),
+        }
         loop = asyncio.get_running_loop()
-
         submitted = loop.time()
         job_started = submitted
+        certificate_info = self.certificate_info
 
-        def job(driver: CardDriver) -> tuple[Signature, bytes, CardInfo, float]:
+        def job(driver: CardDriver) -> tuple[Signature, CertificateInfo, CardInfo, float]:
             nonlocal job_started
             started = job_started = loop.time()
             info = driver.card_info()
@@ -313,59 +379,94 @@ class CardService:
             else:
                 assert digest is not None
                 signature = driver.sign_digest(digest, algorithm=algorithm)
-            cert = driver.certificate(CertSlot.SIGN)
-            return signature, cert, info, (loop.time() - started) * 1000
-
-        common: dict[str, Any] = {
-            "client": caller.client_id,
-            "origin": caller.origin,
-            "purpose": purpose,
-            "title": title,
-            "data_sha256": data_sha256,
-            "digest": digest.hex() if digest is not None else None,
-        }
-        try:
-            signature, cert_der, info, card_ms = await self.run(job, label="sign")
-        except Exception as exc:
-            await self._sign_failed(exc, common, session, purpose)
-            raise
-
-        def check_and_record() -> tuple[CertificateInfo, str]:
-            # One worker-thread hop for the two costly steps after the card: the SM2 check
-            # (~0.3 ms of CPU; Tongsuo releases the GIL) and the fsynced audit record (up
-            # to several ms on a slow disk). Neither may stall the event loop.
-            cert = self.certificate_info(cert_der)
+            card_ms = (loop.time() - started) * 1000
+            cert = certificate_info(driver.certificate(CertSlot.SIGN))
             if not verify_signature(cert, signature):
                 raise AgentError(
                     "signature_invalid",
                     502,
                     "The card produced a signature that does not verify. Nothing was signed.",
                 )
-            record = self.audit.append(
-                "sign",
-                **common,
-                algorithm=signature.algorithm.value,
-                cert_number=cert.serial_hex,
-                card=info.masked_card_number,
-                result="ok",
-            )
-            return cert, str(record.id)
+            return signature, cert, info, card_ms
 
+        recorded = asyncio.ensure_future(
+            asyncio.to_thread(self.audit.append, "sign_request", **request)
+        )
         try:
-            cert, audit_id = await asyncio.to_thread(check_and_record)
-        except AgentError as exc:
-            await self._sign_failed(exc, common, session, purpose)
+            signature, cert, info, card_ms = await self.run(job, label="sign")
+        except BaseException as exc:
+            if isinstance(exc, ce.SecurityStatusNotSatisfied):
+                # The card is not verified after all (reset by something else): the
+                # agent's view follows the card's.
+                self.sessions.end(caller.client_id)
+            request_id = await self._request_recorded(recorded)
+            if request_id is not None:
+                self._outcome_later(request_id, result="failed", error=wire_error(exc).code)
+            self._emit("sign", ok=False, code=wire_error(exc).code, purpose=purpose)
             raise
+        request_id = await self._request_recorded(recorded)
+        if request_id is None:
+            self._emit("sign", ok=False, code="audit_unavailable", purpose=purpose)
+            raise AgentError(
+                "audit_unavailable",
+                503,
+                "The audit log cannot be written: the signature was withheld.",
+            )
+        if not self._outcome_later(
+            request_id,
+            result="ok",
+            algorithm=signature.algorithm.value,
+            cert_number=cert.serial_hex,
+            signature_sha256=hashlib.sha256(signature.value).hexdigest(),
+        ):
+            self._emit("sign", ok=False, code="audit_unavailable", purpose=purpose)
+            raise AgentError(
+                "audit_unavailable",
+                503,
+                "The audit log cannot be written: the signature was withheld.",
+            )
         self._emit(
             "sign",
             ok=True,
             purpose=purpose,
             algorithm=signature.algorithm.value,
             duration_ms=round(card_ms, 1),
-            audit_id=audit_id,
+            audit_id=request_id,
         )
         queue_ms = (job_started - submitted) * 1000
-        return SignOutcome(signature, cert, info, audit_id, card_ms, queue_ms)
+        return SignOutcome(signature, cert, info, request_id, card_ms, queue_ms)
+
+    @staticmethod
+    def _check_sign_request(
+        purpose: str, title: str, data: bytes | None, digest: bytes | None
+    ) -> None:
+        """Everything about a request that can be refused is refused before the card."""
+        if (data is None) == (digest is None):
+            raise AgentError("invalid_input", 422, "Give exactly one of data or digest.")
+        if data is not None and not data:
+            # A signature over nothing attests nothing, and no Single Window step signs
+            # an empty document: an empty one is a caller's bug.
+            raise AgentError("invalid_input", 422, "The document is empty.")
+        if purpose not in PURPOSES:
+            raise AgentError("invalid_input", 422, "Unknown purpose.")
+        if not title or not is_text(title) or any(ord(c) < 0x20 or c == "\x7f" for c in title):
+            raise AgentError("invalid_input", 422, "The title must be printable text.")
+
+    async def _request_recorded(self, recorded: asyncio.Future[AuditRecord]) -> str | None:
+        """The request record's id once it is durable; None if it could not be written."""
+        try:
+            return (await asyncio.shield(recorded)).id
+        except Exception as exc:
+            log.error("audit: the signature request could not be recorded: %s", exc)
+            return None
+
+    def _outcome_later(self, request_id: str, **fields: Any) -> bool:
+        try:
+            self.audit.append_later("sign", request=request_id, **fields)
+        except Exception as exc:
+            log.error("audit: the signature outcome could not be recorded: %s", exc)
+            return False
+        return True
 
 
 def session_card(session: SigningSession) -> str:

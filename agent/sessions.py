@@ -50,6 +50,11 @@ class SessionManager:
             return None
         return session
 
+    def live(self) -> list[SigningSession]:
+        """The sessions not yet past their TTL or idle time."""
+        now = self._clock()
+        return [s for s in self._sessions.values() if now < s.expires_at(self.ttl_s, self.idle_s)]
+
     def touch(self, session: SigningSession) -> None:
         session.last_used_at = self._clock()
 

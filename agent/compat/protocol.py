@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.text import first_invalid_text, is_text
+
 GREETING_TEXT = "握手成功"
 METHOD_PREFIXES = ("cus-sec_", "security_")
 NEXT_BLOCK_METHOD = "_nextBlock"
@@ -95,8 +97,17 @@ class BadRequest(Exception):
         self.req_id = req_id
 
 
+class UnanswerableRequest(BadRequest):
+    """The frame's `_method` or `_id` is not text (a lone surrogate): no reply can echo
+    them, so the connection is closed (1007, invalid payload data)."""
+
+
 def parse_request(text: str) -> Request:
-    """`{"_method": "...", "_id": n, "args": {...}}`; `args` may be absent."""
+    """`{"_method": "...", "_id": n, "args": {...}}`; `args` may be absent.
+
+    Every string in it must be text (`agent.text`): nothing that cannot be written as
+    UTF-8 gets as far as a card operation, an audit record or a reply frame.
+    """
     try:
         obj = json.loads(text)
     except ValueError:
@@ -104,9 +115,13 @@ def parse_request(text: str) -> Request:
     if not isinstance(obj, dict):
         raise BadRequest("not a JSON object")
     method = obj.get("_method")
+    raw_id = obj.get("_id")
+    if (isinstance(method, str) and not is_text(method)) or (
+        isinstance(raw_id, str) and not is_text(raw_id)
+    ):
+        raise UnanswerableRequest("_method or _id is not text")
     if not isinstance(method, str) or not method or len(method) > 128:
         raise BadRequest("no _method")
-    raw_id = obj.get("_id")
     # Pages send numbers, some tools strings; echo whatever came, if it is a scalar.
     req_id: JsonId = raw_id if isinstance(raw_id, int | str) else None
     args = obj.get("args")
@@ -114,6 +129,9 @@ def parse_request(text: str) -> Request:
         args = {}
     if not isinstance(args, dict):
         raise BadRequest("args must be an object", method=method, req_id=req_id)
+    where = first_invalid_text(args, "args")
+    if where is not None:
+        raise BadRequest(f"{where}不是有效的文本", method=method, req_id=req_id)
     return Request(req_id, method, args)
 
 

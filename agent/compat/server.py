@@ -42,6 +42,7 @@ from .protocol import (
     BadRequest,
     BlockAssembler,
     BlockFault,
+    UnanswerableRequest,
     greeting,
     next_block,
     parse_request,
@@ -236,7 +237,12 @@ async def _converse(
             if outcome.message is None:
                 continue
             text = outcome.message
-        answer = await _answer(conn, text)
+        try:
+            answer = await _answer(conn, text)
+        except UnanswerableRequest:
+            log.info("compat: closing a page that sent invalid text in _method or _id")
+            await ws.close(code=1007)
+            return
         if answer is not None:
             await ws.send_text(answer)
 
@@ -247,6 +253,8 @@ async def _answer(conn: Connection, text: str) -> str | None:
         return None
     try:
         request = parse_request(text)
+    except UnanswerableRequest:
+        raise
     except BadRequest as bad:
         if bad.method is None:
             return None  # no _method: no callback on the page could receive an answer

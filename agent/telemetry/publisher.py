@@ -155,6 +155,7 @@ class TelemetryPublisher:
         state_dir: Path,
         version: str,
         presence: Callable[[], Mapping[str, Any]] | None = None,
+        audit_anchor: Callable[[], tuple[int, str]] | None = None,
         selftest_hook: SelftestHook | None = None,
         publish_window: int = DEFAULT_PUBLISH_WINDOW,
         rng: random.Random | None = None,
@@ -165,6 +166,7 @@ class TelemetryPublisher:
         self.kiosk_id = config.kiosk_id
         self.version = version
         self._presence = presence
+        self._audit_anchor = audit_anchor
         self._window = max(1, publish_window)
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
         self.outbox = AsyncOutbox(state_dir / OUTBOX_FILE, max_rows=config.outbox_max_events)
@@ -353,6 +355,11 @@ class TelemetryPublisher:
             self._metrics.take(self.outbox.stats(), refused_commands=self.commands.refused)
         )
         payload["outbox"]["dropped_in_memory"] = self.dropped_in_memory
+        if self._audit_anchor is not None:
+            # Kept by the fleet, the newest audit record's seq and hash let
+            # `card-agent audit verify --anchor` detect an edited or cut-off tail.
+            seq, digest = self._audit_anchor()
+            payload["audit"] = {"seq": seq, "sha256": digest}
         self._enqueue(NewMessage(self.topics["metrics"], payload, critical=False))
         self._status_dirty.set()
 

@@ -223,8 +223,22 @@ class Agent(CardHandle):
         return r.json()["tries_left"]
 
     def audit_records(self) -> list[dict[str, Any]]:
+        # Outcome records are written by the audit writer thread a moment after the
+        # answer: wait for it, so a test sees every record of what it was answered.
+        assert self.runtime.audit.flush(10)
         lines = self.audit_path.read_bytes().splitlines()
         return [json.loads(line) for line in lines if line.strip()]
+
+    def signature_records(self, audit_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The request record a signature's `audit_id` names, and its outcome record."""
+        records = self.audit_records()
+        request = [r for r in records if r["id"] == audit_id]
+        outcome = [r for r in records if r.get("request") == audit_id]
+        assert len(request) == 1, audit_id
+        assert request[0]["event"] == "sign_request"
+        assert len(outcome) == 1, audit_id
+        assert outcome[0]["event"] == "sign"
+        return request[0], outcome[0]
 
     def wait_for(self, what: Callable[[], bool], timeout: float = 5.0, step: float = 0.01) -> bool:
         """Poll a condition (the agent acts on its own threads); True once it holds."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from websockets.exceptions import ConnectionClosed
 
 from agent.errors import ERROR_CODES
 from card.crypto.certs import certificate_from_pem, parse_certificate
-from card.crypto.sm2 import sm2_e, sm2_verify_digest
+from card.crypto.sm2 import der_to_raw, sm2_e, sm2_verify_digest
 from tests.agent.conftest import (
     CARD_PIN,
     ORIGIN,
@@ -190,11 +191,13 @@ def test_verify_then_sign_gives_a_signature_that_verifies(
     )
     assert r.status_code == 200, r.text
     assert r.json()["signature_format"] == "der"
-    record = agent.audit_records()[-1]
-    assert record["event"] == "sign"
-    assert record["result"] == "ok"
-    assert record["id"] == r.json()["audit_id"]
-    assert record["origin"] == ORIGIN
+    request, outcome = agent.signature_records(r.json()["audit_id"])
+    assert outcome["result"] == "ok"
+    raw = der_to_raw(base64.b64decode(r.json()["signature"]))
+    assert outcome["signature_sha256"] == hashlib.sha256(raw).hexdigest()
+    assert request["origin"] == ORIGIN
+    assert request["purpose"] == "agreement"
+    assert request["digest"] == base64.b64decode(body["digest"]).hex()
 
 
 def test_sessions_belong_to_the_client_that_verified(agent: Agent) -> None:
@@ -351,11 +354,13 @@ def test_card_signature_that_does_not_verify_is_withheld(
             assert set(r.json()) == {"error"}
             assert set(error) <= {"code", "message", "details"}
             assert "signature" not in error.get("details", {})
-        record = agent.audit_records()[-1]
-        assert record["event"] == "sign"
-        assert record["result"] == "failed"
-        assert record["error"] == "signature_invalid"
-        assert "algorithm" not in record
+        outcome = agent.audit_records()[-1]
+        assert outcome["event"] == "sign"
+        assert outcome["result"] == "failed"
+        assert outcome["error"] == "signature_invalid"
+        assert "algorithm" not in outcome
+        request = [r for r in agent.audit_records() if r["id"] == outcome["request"]]
+        assert request[0]["event"] == "sign_request"
         # A healthy card again: signing works as before.
         monkeypatch.setattr(sim, "process", process)
         sign_ok(agent, c)

@@ -98,11 +98,14 @@ def test_100_concurrent_signatures_are_serialized_on_the_card(
     sequence = [a[1] for a in agent.apdus if a[1] in (0x22, 0x2A)]
     assert sequence[-200:] == [0x22, 0x2A] * 100
 
-    records = [r for r in agent.audit_records()[before:] if r["event"] == "sign"]
-    assert len(records) == 100
-    assert all(r["result"] == "ok" for r in records)
-    assert {r["title"] for r in records} == {f"doc-{i}" for i in range(100)}
-    assert {r["id"] for r in records} == {b["audit_id"] for b in bodies}
+    new_records = agent.audit_records()[before:]
+    outcomes = [r for r in new_records if r["event"] == "sign"]
+    requests = {r["id"]: r for r in new_records if r["event"] == "sign_request"}
+    assert len(outcomes) == 100
+    assert all(r["result"] == "ok" for r in outcomes)
+    # The audit id handed out names the request record; its outcome names it too.
+    assert {r["request"] for r in outcomes} == {b["audit_id"] for b in bodies} == set(requests)
+    assert {r["title"] for r in requests.values()} == {f"doc-{i}" for i in range(100)}
 
 
 def test_full_queue_answers_503_busy_with_retry_after(make_agent: Callable[..., Agent]) -> None:
@@ -118,7 +121,9 @@ def test_full_queue_answers_503_busy_with_retry_after(make_agent: Callable[..., 
     assert set(statuses) <= {200, 503}, statuses
     busy = [r for r in responses if r.status_code == 503]
     assert busy, statuses
-    assert statuses.count(200) >= 3  # the running job and a full queue behind it
+    # A full queue's worth at least (the running job too, once the owner thread has
+    # picked it up: waking it from its PC/SC wait takes a thread hop).
+    assert statuses.count(200) >= 2
     for r in busy:
         assert_error(r, 503, "busy")
         assert int(r.headers["retry-after"]) >= 1

@@ -175,10 +175,16 @@ def test_kill_9_while_signing_leaves_a_verifiable_audit_log(tmp_path: Path) -> N
             assert result["ok"]
             assert result["records"] >= start + RECORDS_PER_ROUND
 
-            # An audit id handed to a client names a record that is on disk.
-            on_disk = {json.loads(line)["id"] for line in audit.read_bytes().splitlines()}
-            missing = [a for a in handed_out if a not in on_disk]
+            # An audit id handed to a client names a record that is on disk: the record
+            # of the request, written (fsynced) while the card signed.
+            on_disk = {
+                rec["id"]: rec["event"] for rec in map(json.loads, audit.read_bytes().splitlines())
+            }
+            missing = [a for a in handed_out if on_disk.get(a) != "sign_request"]
             assert not missing, missing
+            # Only requests still at the card when the agent died may lack an outcome
+            # (plus, rarely, one whose outcome was queued but not written yet).
+            assert result["requests_without_outcome"] <= SIGNERS * (n + 1), result
 
     # A write torn by a power cut (kill -9 rarely manages one: each record is a single
     # write): verify reports exactly that, and the next `serve` start recovers it.
@@ -202,7 +208,12 @@ def test_kill_9_while_signing_leaves_a_verifiable_audit_log(tmp_path: Path) -> N
     code, result = audit_verify(audit)
     assert code == 0, result
     events = [json.loads(line)["event"] for line in audit.read_bytes().splitlines()]
-    assert events[records:] == ["log_recovered", "pin_verify", "sign"]
+    # The outcome follows by group commit; the kill that ends `serve` may come first.
+    assert events[records:] in (
+        ["log_recovered", "pin_verify", "sign_request", "sign"],
+        ["log_recovered", "pin_verify", "sign_request"],
+    )
     assert list(state.glob("audit.log.torn-*"))
-    assert len(handed_out) >= ROUNDS * RECORDS_PER_ROUND * 0.5
+    # Two records per signature (its request, then its outcome).
+    assert len(handed_out) >= ROUNDS * RECORDS_PER_ROUND * 0.25
     print(f"{len(handed_out)} signatures, {torn_tails} torn tail(s) recovered")

@@ -98,10 +98,22 @@ class CompatAgent(CardHandle):
         return CompatClient(self.url, origin)
 
     def audit_records(self) -> list[dict[str, Any]]:
+        # Outcome records follow the answer by a moment (the audit writer thread).
+        assert self.runtime.audit.flush(10)
         path = audit_path(self.runtime.config)
         if not path.exists():
             return []
         return [json.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+    def signatures(self) -> list[dict[str, Any]]:
+        """Each signature's request record merged with its outcome record, in order."""
+        records = self.audit_records()
+        requests = {r["id"]: r for r in records if r["event"] == "sign_request"}
+        return [
+            {**requests[r["request"]], **r}
+            for r in records
+            if r["event"] == "sign" and r["request"] in requests
+        ]
 
     def wait_for(self, condition: Any, timeout: float = 10.0) -> bool:
         deadline = time.monotonic() + timeout

@@ -220,7 +220,7 @@ def test_sign_random_is_a_login(agent: CompatAgent, prefix: str, tmp_path: Path)
         )
     raw = base64.b64decode(signature)
     assert openssl_verifies(agent.sim.state.sign_cert, random.encode(), raw, tmp_path)
-    record = [r for r in agent.audit_records() if r["event"] == "sign"][-1]
+    record = agent.signatures()[-1]
     assert record["purpose"] == "login"
     assert record["result"] == "ok"
     assert record["origin"] == SW_ORIGIN
@@ -235,7 +235,7 @@ def test_purpose_defaults_to_other_and_takes_a_hint(agent: CompatAgent) -> None:
         ok_data(page.call("cus-sec_SpcSignDataAsPEM", args))
         _, code = error_of(page.call("cus-sec_SpcSignDataAsPEM", {**args, "purpose": "steal"}))
         assert code == "Err:Base50000"
-    signs = [r for r in agent.audit_records() if r["event"] == "sign"][-2:]
+    signs = agent.signatures()[-2:]
     assert signs[0]["purpose"] == "other"
     assert signs[0]["title"] == f"SpcSignDataAsPEM ({SW_ORIGIN})"
     assert (signs[1]["purpose"], signs[1]["title"]) == ("agreement", "网上协议")

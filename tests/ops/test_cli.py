@@ -397,3 +397,37 @@ def test_json_errors_on_stdout_exit_1(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert json.loads(result.stdout)["error"]["code"] == "reader_service_down"
+
+
+def test_serve_with_a_corrupt_audit_log_says_what_to_do_in_one_line(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    state = tmp_path / "state"
+    state.mkdir(parents=True, exist_ok=True)
+    (state / "audit.log").write_bytes(b'{"seq": 1}\nnot a record\n{"seq": 3}\n')
+    result = cli("serve", config=config, timeout=30)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    problem = [line for line in result.stderr.splitlines() if "audit" in line]
+    assert len(problem) == 1, result.stderr
+    assert "card-agent audit verify" in problem[0]
+
+
+def test_audit_verify_prints_the_anchor_and_checks_one(tmp_path: Path) -> None:
+    config = str(write_config(tmp_path))
+    invoke("pin", "change", "--pin-stdin", "--config", config, input=f"{PIN}\n11223344\n")
+    first = json.loads(invoke("audit", "verify", "--json", "--config", config).stdout)
+    anchor = first["anchor"]
+    seq, digest = anchor.split(":")
+    assert int(seq) == first["records"]
+    assert len(digest) == 64
+    text = invoke("audit", "verify", "--config", config).stdout
+    assert f"anchor: {anchor}" in text
+    # The newest record edited: the chain still verifies, the anchor does not.
+    log = tmp_path / "state" / "audit.log"
+    lines = log.read_text().splitlines(keepends=True)
+    log.write_text("".join(lines[:-1]) + lines[-1].replace('"result":"ok"', '"result":"no"'))
+    assert invoke("audit", "verify", "--config", config).exit_code == 0
+    checked = invoke("audit", "verify", "--json", "--anchor", anchor, "--config", config)
+    assert checked.exit_code == 1
+    assert json.loads(checked.stdout)["anchor_ok"] is False
+    assert invoke("audit", "verify", "--anchor", "nonsense", "--config", config).exit_code == 2

@@ -349,3 +349,100 @@ def test_concurrent_appends(log_path: Path) -> None:
     assert result.records == 400
     assert len(set(ids)) == 400
     assert [json.loads(line)["seq"] for line in _lines(log_path)] == list(range(1, 401))
+
+
+# --- the anchor: what the chain alone cannot show (reliability finding 9) -----------------
+
+
+def test_an_edited_newest_record_is_caught_by_the_anchor(log_path: Path) -> None:
+    _fill(log_path, 4)
+    anchor = verify_audit_log(log_path)
+    assert anchor.ok
+    assert anchor.last_seq == 4
+    lines = _lines(log_path)
+    edited = lines[-1].replace(b'"doc 3"', b'"doc X"')
+    assert edited != lines[-1]
+    _write_lines(log_path, [*lines[:-1], edited])
+    # Nothing chains to the newest record: the chain alone cannot see the edit...
+    assert verify_audit_log(log_path).ok
+    # ...the anchor kept elsewhere does.
+    result = verify_audit_log(log_path, (anchor.last_seq, anchor.last_sha256))
+    assert not result.ok
+    assert result.anchor_ok is False
+    assert "altered" in (result.anchor_reason or "")
+
+
+def test_cut_off_records_are_caught_by_the_anchor(log_path: Path) -> None:
+    _fill(log_path, 4)
+    anchor = verify_audit_log(log_path)
+    _write_lines(log_path, _lines(log_path)[:2])
+    assert verify_audit_log(log_path).ok
+    result = verify_audit_log(log_path, (anchor.last_seq, anchor.last_sha256))
+    assert not result.ok
+    assert "cut off" in (result.anchor_reason or "")
+
+
+def test_an_older_anchor_still_matches_a_grown_log(log_path: Path) -> None:
+    _fill(log_path, 3)
+    anchor = verify_audit_log(log_path)
+    with AuditLog(log_path) as log:
+        log.append("pin_verify", result="ok")
+        assert log.anchor == (4, verify_audit_log(log_path).last_sha256)
+    result = verify_audit_log(log_path, (anchor.last_seq, anchor.last_sha256))
+    assert result.ok
+    assert result.anchor_ok is True
+
+
+# --- requests and their outcomes ------------------------------------------------------------
+
+
+def test_queued_outcomes_are_written_and_requests_without_one_reported(log_path: Path) -> None:
+    with AuditLog(log_path) as log:
+        done = log.append("sign_request", client="c-1", title="a")
+        open_request = log.append("sign_request", client="c-1", title="b")
+        outcome_id = log.append_later("sign", request=done.id, result="ok")
+        assert log.flush(5)
+    records = [json.loads(line) for line in _lines(log_path)]
+    assert [r["event"] for r in records] == ["sign_request", "sign_request", "sign"]
+    assert records[2]["id"] == outcome_id
+    result = verify_audit_log(log_path)
+    assert result.ok
+    assert result.requests_without_outcome == 1
+    assert result.request_ids_without_outcome == (open_request.id,)
+
+
+def test_queued_records_keep_the_chain_with_concurrent_appends(log_path: Path) -> None:
+    with AuditLog(log_path) as log:
+
+        def durable() -> None:
+            for i in range(50):
+                log.append("sign_request", n=i)
+
+        thread = threading.Thread(target=durable)
+        thread.start()
+        for i in range(50):
+            log.append_later("sign", n=i)
+        thread.join()
+        assert log.flush(10)
+    result = verify_audit_log(log_path)
+    assert result.ok
+    assert result.records == 100
+
+
+def test_close_writes_what_is_queued(log_path: Path) -> None:
+    log = AuditLog(log_path)
+    for i in range(20):
+        log.append_later("sign", n=i)
+    log.close()
+    assert verify_audit_log(log_path).records == 20
+
+
+def test_a_lone_surrogate_never_costs_a_record(log_path: Path) -> None:
+    """Reliability finding 4: such a string made `append` raise after the card signed."""
+    with AuditLog(log_path) as log:
+        record = log.append("sign_request", title="t\ud800")
+    line = _lines(log_path)[0]
+    line.decode("ascii")  # written \u-escaped: valid UTF-8 JSON
+    assert json.loads(line)["title"] == "t\ud800"
+    assert record.seq == 1
+    assert verify_audit_log(log_path).ok

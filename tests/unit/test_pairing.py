@@ -144,15 +144,35 @@ def test_approved_but_unclaimed_expires(path: Path, clock: FakeClock) -> None:
 
 
 def test_max_pending(path: Path, clock: FakeClock) -> None:
-    store = PairingStore(path, clock=clock, max_pending=3)
-    for i in range(3):
-        store.request(EXT, f"c{i}")
+    store = PairingStore(path, clock=clock, max_pending=3, max_pending_per_origin=3)
+    store.request(EXT, "c0")
+    store.request(None, "c1")
+    store.request("chrome-extension://" + "b" * 32, "c2")
     with pytest.raises(PairingError) as exc:
-        store.request(EXT, "one too many")
+        store.request("chrome-extension://" + "c" * 32, "one too many")
     assert _errcode(exc) == "too_many_pending"
     clock.now += 301  # the old ones expire and stop counting
     store.request(EXT, "again")
     assert len(store.pending()) == 1
+
+
+def test_per_origin_pending_yield_to_the_newest(path: Path, clock: FakeClock) -> None:
+    """A flood from one origin (or from local tools, which send none) only ever replaces
+    its own oldest requests: the others still get codes."""
+    store = PairingStore(path, clock=clock, max_pending_per_origin=3)
+    mine = store.request(EXT, "extension")
+    flood = [store.request(None, f"flood {i}") for i in range(10)]
+    pending = store.pending()
+    assert sorted(p.client_name for p in pending) == [
+        "extension",
+        "flood 7",
+        "flood 8",
+        "flood 9",
+    ]
+    with pytest.raises(PairingError) as exc:
+        store.claim(flood[0].request_id, None)  # yielded to a newer one
+    assert _errcode(exc) == "unknown_request"
+    assert store.claim(mine.request_id, EXT) is None  # still pending, not crowded out
 
 
 def test_client_name_sanitised(path: Path) -> None:
@@ -288,7 +308,7 @@ for code in sys.argv[4:]:
 
 
 def test_concurrent_approve_from_two_processes(path: Path) -> None:
-    store = PairingStore(path, max_pending=40)
+    store = PairingStore(path, max_pending=40, max_pending_per_origin=40)
     codes = [store.request(EXT, f"client {i}").code for i in range(40)]
     go = path.with_name("go")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
