@@ -29,6 +29,25 @@ class SignAlgorithm(StrEnum):
         return 20 if self is SignAlgorithm.RSA_SHA1 else 32
 
 
+def default_algorithm(key_algorithm: str, key_bits: int) -> SignAlgorithm:
+    """What a card with this signing key signs by default: SM2 keys SM2-SM3; RSA keys
+    SHA-256, except legacy 1024-bit ones, which sign SHA-1 (as the published real
+    samples show)."""
+    if key_algorithm == "SM2":
+        return SignAlgorithm.SM2_SM3
+    return SignAlgorithm.RSA_SHA1 if key_bits <= 1024 else SignAlgorithm.RSA_SHA256
+
+
+def choose_algorithm(default: SignAlgorithm, requested: SignAlgorithm | None) -> SignAlgorithm:
+    """The algorithm to sign with when a caller asks for `requested` on a card whose
+    key signs `default`: an RSA key signs either RSA hash; SM2 and RSA never mix."""
+    if requested is None or requested is default:
+        return default
+    if default is not SignAlgorithm.SM2_SM3 and requested is not SignAlgorithm.SM2_SM3:
+        return requested  # an RSA key signs any DigestInfo: SHA-1 or SHA-256
+    raise ValueError(f"a {default.value} card cannot sign {requested.value}")
+
+
 class CertSlot(StrEnum):
     SIGN = "sign"
     ENCRYPT = "encrypt"

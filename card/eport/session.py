@@ -16,7 +16,16 @@ from card.crypto.certs import CertificateInfo, parse_certificate
 from card.crypto.rsa import digest_info
 from card.crypto.sm2 import sm2_e
 from card.eport import profile as p
-from card.eport.driver import CardInfo, CardType, CertSlot, PinStatus, SignAlgorithm, Signature
+from card.eport.driver import (
+    CardInfo,
+    CardType,
+    CertSlot,
+    PinStatus,
+    SignAlgorithm,
+    Signature,
+    choose_algorithm,
+    default_algorithm,
+)
 from card.eport.tlv import tlv_dict, unwrap
 from card.errors import (
     ClaNotSupported,
@@ -176,8 +185,7 @@ class EPortSession:
         if caps.algorithm is p.AlgorithmRef.SM2_SM3:
             return SignAlgorithm.SM2_SM3
         info = self.signing_certificate()
-        # Legacy 1024-bit cards sign SHA-1 (as the published real samples show).
-        return SignAlgorithm.RSA_SHA1 if info.key_bits <= 1024 else SignAlgorithm.RSA_SHA256
+        return default_algorithm("RSA", info.key_bits)  # the FCI said: not SM2
 
     # --- files ---------------------------------------------------------------------
 
@@ -276,12 +284,7 @@ class EPortSession:
     # --- signatures ----------------------------------------------------------------
 
     def _choose(self, requested: SignAlgorithm | None) -> SignAlgorithm:
-        default = self.algorithm
-        if requested is None or requested is default:
-            return default
-        if default is not SignAlgorithm.SM2_SM3 and requested is not SignAlgorithm.SM2_SM3:
-            return requested  # an RSA key signs any DigestInfo: SHA-1 or SHA-256
-        raise ValueError(f"a {default.value} card cannot sign {requested.value}")
+        return choose_algorithm(self.algorithm, requested)
 
     def sign(self, message: bytes, *, algorithm: SignAlgorithm | None = None) -> Signature:
         algorithm = self._choose(algorithm)
