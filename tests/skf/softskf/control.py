@@ -8,6 +8,7 @@ SKF_WaitForDevEvent). Every write replaces the file atomically.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -68,6 +69,11 @@ class SoftSkfControl:
         """What a cancelled SKF_WaitForDevEvent returns."""
         self._set("cancel_rc", f"0x{code:08X}")
 
+    def signature_alignment(self, alignment: Literal["right", "left"]) -> None:
+        """Where SKF_ECCSignData puts r and s in their 64-byte fields (the standard:
+        right)."""
+        self._set("sig_align", alignment)
+
     # --- faults ------------------------------------------------------------------------
 
     def fail(self, function: str, code: int) -> None:
@@ -81,6 +87,19 @@ class SoftSkfControl:
     def hang(self, function: str | None) -> None:
         """`function` blocks (before doing anything) until `hang(None)`."""
         self._set("hang", function)
+
+    def wait_until_hanging(self, function: str, timeout_s: float = 10.0) -> None:
+        """Block until a call of `function` is inside its hang."""
+        marker = self.path.with_name(self.path.name + ".hanging")
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if marker.read_text(encoding="ascii") == function:
+                    return
+            except FileNotFoundError:
+                pass
+            time.sleep(0.01)
+        raise TimeoutError(f"no call of {function} is hanging after {timeout_s} s")
 
     def wrong_size(
         self, function: str | None, mode: Literal["short", "overflow"] = "short"

@@ -29,8 +29,10 @@
  *     digest=0|1               SKF_DigestInit supported (default 1)
  *     cancel_latch=0|1         SKF_CancelWaitForDevEvent without a wait is remembered
  *     cancel_rc=<code>         what a cancelled SKF_WaitForDevEvent returns (default 0)
+ *     sig_align=right|left     where SKF_ECCSignData puts r and s (the standard: right)
  *     fail=<function>:<code>   that function returns that code (repeatable)
- *     hang=<function>          that function blocks until the line is removed
+ *     hang=<function>          that function blocks until the line is removed; while it
+ *                              blocks, "<control file>.hanging" holds its name
  *     wrong_size=<function>:short|overflow   a size query answers 8 bytes too few /
  *                              a fetch reports 64 bytes more than the buffer holds
  *
@@ -173,6 +175,7 @@ struct control {
     int digest;
     int cancel_latch;
     ULONG cancel_rc;
+    int sig_left;
     int nfail;
     char fail_fn[MAX_FAILS][48];
     ULONG fail_rc[MAX_FAILS];
@@ -467,6 +470,8 @@ static void read_control(struct control *c)
             c->digest = atoi(value) != 0;
         } else if (!strcmp(line, "cancel_latch")) {
             c->cancel_latch = atoi(value) != 0;
+        } else if (!strcmp(line, "sig_align")) {
+            c->sig_left = !strcmp(value, "left");
         } else if (!strcmp(line, "cancel_rc")) {
             c->cancel_rc = (ULONG)strtoul(value, NULL, 0);
         } else if (!strcmp(line, "fail") && c->nfail < MAX_FAILS) {
@@ -536,15 +541,37 @@ static void observe_locked(const struct control *c, const struct store *s)
 
 /* --- entering and leaving a call ------------------------------------------------------ */
 
+/* While a call hangs, "<control file>.hanging" names it, so a test knows the call is in. */
 static void hang_if_asked(const char *fn)
 {
     struct control c;
+    char marker[4200] = "";
     for (;;) {
         read_control(&c);
         if (strcmp(c.hang_fn, fn) != 0)
-            return;
+            break;
+        if (!*marker) {
+            char path[4096];
+            control_path(path, sizeof path);
+            snprintf(marker, sizeof marker, "%s.hanging", path);
+            FILE *f = fopen(marker, "w");
+            if (f) {
+                fputs(fn, f);
+                fclose(f);
+            }
+        }
         sleep_ms(20);
     }
+    if (*marker)
+        unlink(marker);
+}
+
+static ULONG forced_failure(const struct control *c, const char *fn)
+{
+    for (int i = 0; i < c->nfail; i++)
+        if (!strcmp(c->fail_fn[i], fn))
+            return c->fail_rc[i];
+    return SAR_OK;
 }
 
 /* Takes g_lock, reads control and store, applies a forced failure. On SAR_OK the caller
@@ -561,13 +588,10 @@ static ULONG begin(const char *fn, struct control *c)
     pthread_mutex_lock(&g_event_lock);
     observe_locked(c, &g_store);
     pthread_mutex_unlock(&g_event_lock);
-    for (int i = 0; i < c->nfail; i++) {
-        if (!strcmp(c->fail_fn[i], fn)) {
-            pthread_mutex_unlock(&g_lock);
-            return c->fail_rc[i];
-        }
-    }
-    return SAR_OK;
+    ULONG forced = forced_failure(c, fn);
+    if (forced != SAR_OK)
+        pthread_mutex_unlock(&g_lock);
+    return forced;
 }
 
 static ULONG finish(ULONG rv)
@@ -1097,9 +1121,10 @@ EXPORT ULONG SKF_ECCSignData(HCONTAINER hContainer, BYTE *pbDigest, ULONG ulDige
         sig = d2i_ECDSA_SIG(NULL, &p, (long)der_len);
     }
     if (sig) {
+        size_t at = c.sig_left ? 0 : 32;
         memset(pSignature, 0, sizeof *pSignature);
-        BN_bn2binpad(ECDSA_SIG_get0_r(sig), pSignature->r + 32, 32);
-        BN_bn2binpad(ECDSA_SIG_get0_s(sig), pSignature->s + 32, 32);
+        BN_bn2binpad(ECDSA_SIG_get0_r(sig), pSignature->r + at, 32);
+        BN_bn2binpad(ECDSA_SIG_get0_s(sig), pSignature->s + at, 32);
         rv = SAR_OK;
     }
     ECDSA_SIG_free(sig);
@@ -1248,6 +1273,13 @@ EXPORT ULONG SKF_WaitForDevEvent(LPSTR szDevName, ULONG *pulDevNameLen, ULONG *p
     struct control c;
     for (;;) {
         read_control(&c);
+        ULONG forced = forced_failure(&c, "SKF_WaitForDevEvent");
+        if (forced != SAR_OK) {
+            pthread_mutex_lock(&g_event_lock);
+            g_waiting = 0;
+            pthread_mutex_unlock(&g_event_lock);
+            return forced;
+        }
         pthread_mutex_lock(&g_lock);
         if (load_store(&g_store) != 0) {
             pthread_mutex_unlock(&g_lock);
