@@ -50,6 +50,7 @@ from card.eport.driver import (
 )
 from card.eport.profile import PIN_MAX_LEN, PIN_MIN_LEN
 from card.errors import CardError, InvalidPinFormat, ProtocolError, UnsupportedCard
+from card.registry import SkfLibraryDriver
 from card.skf import types as t
 from card.skf.binding import Handle, SkfLibrary, SkfName
 from card.skf.discovery import Discovery, discover, select_device
@@ -299,6 +300,25 @@ class SkfDriver:
             return self.library.digest_sm2_e(self._handles.device, self._sm2_point(), uid, message)
         except SkfNotSupported:
             return None
+
+
+def options_for(spec: SkfLibraryDriver, device: str | None = None) -> SkfOptions:
+    """The driver options a registry entry's SKF spec asks for, on `device` (None: the
+    first present)."""
+    return SkfOptions(
+        device=device,
+        application=spec.application,
+        container=spec.container,
+        card_type=spec.card_type or CardType.OPERATOR,
+    )
+
+
+def open_skf_driver(
+    spec: SkfLibraryDriver, device: str | None = None, *, library: SkfLibrary | None = None
+) -> SkfDriver:
+    """A driver for a registry entry (`card.registry`): load the entry's library (unless
+    given one already loaded) and open the key on `device`."""
+    return SkfDriver.open(library or SkfLibrary(spec.library), options_for(spec, device))
 
 
 def _card_number(serial: str) -> str:

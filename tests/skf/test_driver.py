@@ -39,7 +39,7 @@ def _uses_protocol(driver: CardDriver) -> CardDriver:
     return driver  # mypy: SkfDriver satisfies the agent's CardDriver protocol
 
 
-# --- discovery -------------------------------------------------------------------------
+# --- discovery ----------------------------------------------------------------------------
 
 
 def test_opens_the_only_key_and_starts_logged_out(softskf: SoftSkf) -> None:
@@ -119,7 +119,7 @@ def test_a_certificate_that_is_not_the_containers_key_is_refused(softskf: SoftSk
     assert softskf.open_handles() == 0
 
 
-# --- certificates and card info ----------------------------------------------------------
+# --- certificates and card info -----------------------------------------------------------
 
 
 @pytest.mark.parametrize("profile", ["legal-person-sm2", "operator-sm2", "legacy-rsa1024"])
@@ -260,7 +260,7 @@ def test_change_pin(softskf: SoftSkf) -> None:
     driver.sign(MESSAGE)
 
 
-# --- signatures -----------------------------------------------------------------------------
+# --- signatures ---------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("profile", ["legal-person-sm2", "operator-sm2"])
@@ -366,7 +366,7 @@ def test_library_e_agrees_with_the_host(softskf: SoftSkf) -> None:
     assert driver.library_sm2_e(MESSAGE) is None
 
 
-# --- removal, re-insertion, hangs --------------------------------------------------------------
+# --- removal, re-insertion, hangs ---------------------------------------------------------
 
 
 def _in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
