@@ -12,6 +12,8 @@ from enum import StrEnum
 from typing import Protocol
 
 from card.crypto.sm2 import raw_to_der
+from card.eport.profile import PIN_MAX_LEN, PIN_MIN_LEN
+from card.errors import InvalidPinFormat
 
 
 class CardType(StrEnum):
@@ -27,6 +29,20 @@ class SignAlgorithm(StrEnum):
     @property
     def digest_size(self) -> int:
         return 20 if self is SignAlgorithm.RSA_SHA1 else 32
+
+
+def check_pin_format(pin: str) -> bytes:
+    """The PIN as ASCII bytes; refuses what no E-Port card accepts (6 to 16 printable
+    ASCII characters) before any driver sends it, so no try is spent on it."""
+    if not isinstance(pin, str):
+        raise InvalidPinFormat("PIN must be text")
+    if not PIN_MIN_LEN <= len(pin) <= PIN_MAX_LEN:
+        raise InvalidPinFormat(
+            f"PIN must be {PIN_MIN_LEN} to {PIN_MAX_LEN} characters, got {len(pin)}"
+        )
+    if not all(0x21 <= ord(c) <= 0x7E for c in pin):
+        raise InvalidPinFormat("PIN may contain only printable ASCII letters, digits and symbols")
+    return pin.encode("ascii")
 
 
 def default_algorithm(key_algorithm: str, key_bits: int) -> SignAlgorithm:

@@ -23,6 +23,7 @@ from card.eport.driver import (
     PinStatus,
     SignAlgorithm,
     Signature,
+    check_pin_format,
     choose_algorithm,
     default_algorithm,
 )
@@ -31,7 +32,6 @@ from card.errors import (
     ClaNotSupported,
     FileNotFound,
     InsNotSupported,
-    InvalidPinFormat,
     ProtocolError,
     UnsupportedCard,
     WrongParameters,
@@ -63,15 +63,7 @@ class CardCapabilities:
 
 def pin_block(pin: str) -> bytes:
     """The profile's PIN block; refuses what no card would accept, before any APDU."""
-    if not isinstance(pin, str):
-        raise InvalidPinFormat("PIN must be text")
-    if not p.PIN_MIN_LEN <= len(pin) <= p.PIN_MAX_LEN:
-        raise InvalidPinFormat(
-            f"PIN must be {p.PIN_MIN_LEN} to {p.PIN_MAX_LEN} characters, got {len(pin)}"
-        )
-    if not all(0x21 <= ord(c) <= 0x7E for c in pin):
-        raise InvalidPinFormat("PIN may contain only printable ASCII letters, digits and symbols")
-    raw = pin.encode("ascii")
+    raw = check_pin_format(pin)
     return raw + b"\xff" * (p.PIN_BLOCK_LEN - len(raw))
 
 

@@ -255,7 +255,7 @@ class SkfLibrary:
 
     def verify_pin(self, application: Handle, pin: bytes, pin_type: int = t.USER_TYPE) -> None:
         retries = t.Cell()
-        with _secret(pin) as buffer:
+        with _SecretBuffer(pin) as buffer:
             rc = self._call("SKF_VerifyPIN", application, pin_type, buffer, ctypes.byref(retries))
         if rc != codes.SAR_OK:
             raise codes.error_for_sar(rc, "SKF_VerifyPIN", tries_left=retries.value)
@@ -264,7 +264,7 @@ class SkfLibrary:
         self, application: Handle, old: bytes, new: bytes, pin_type: int = t.USER_TYPE
     ) -> None:
         retries = t.Cell()
-        with _secret(old) as old_buffer, _secret(new) as new_buffer:
+        with _SecretBuffer(old) as old_buffer, _SecretBuffer(new) as new_buffer:
             rc = self._call(
                 "SKF_ChangePIN",
                 application,
@@ -369,7 +369,7 @@ class SkfLibrary:
         return out.raw[:32]
 
 
-class _secret:
+class _SecretBuffer:
     """A NUL-terminated copy of a PIN in a ctypes buffer, zeroed after the call.
 
     (The Python `bytes` it came from cannot be wiped; this at least keeps the copy the

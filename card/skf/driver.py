@@ -34,22 +34,24 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from card.crypto.certs import CertificateInfo, parse_certificate
 from card.crypto.rsa import digest_info
 from card.crypto.sm2 import SM2_DEFAULT_ID, sm2_e
 from card.eport.driver import (
+    CardDriver,
     CardInfo,
     CardType,
     CertSlot,
     PinStatus,
     SignAlgorithm,
     Signature,
+    check_pin_format,
     choose_algorithm,
     default_algorithm,
 )
-from card.eport.profile import PIN_MAX_LEN, PIN_MIN_LEN
-from card.errors import CardError, InvalidPinFormat, ProtocolError, UnsupportedCard
+from card.errors import CardError, ProtocolError, UnsupportedCard
 from card.registry import SkfLibraryDriver
 from card.skf import types as t
 from card.skf.binding import Handle, SkfLibrary, SkfName
@@ -67,20 +69,6 @@ class SkfOptions:
     application: str | None = None  # None: discovered
     container: str | None = None  # None: discovered
     card_type: CardType = CardType.OPERATOR
-
-
-def check_pin(pin: str) -> bytes:
-    """The PIN as the library gets it; refuses what no E-Port card accepts, before any
-    call (so no try is spent on it): the same rule as the APDU driver."""
-    if not isinstance(pin, str):
-        raise InvalidPinFormat("PIN must be text")
-    if not PIN_MIN_LEN <= len(pin) <= PIN_MAX_LEN:
-        raise InvalidPinFormat(
-            f"PIN must be {PIN_MIN_LEN} to {PIN_MAX_LEN} characters, got {len(pin)}"
-        )
-    if not all(0x21 <= ord(c) <= 0x7E for c in pin):
-        raise InvalidPinFormat("PIN may contain only printable ASCII letters, digits and symbols")
-    return pin.encode("ascii")
 
 
 @dataclass
@@ -244,13 +232,13 @@ class SkfDriver:
         return PinStatus(info.remaining, blocked=blocked, verified=self._verified and not blocked)
 
     def verify_pin(self, pin: str) -> None:
-        value = check_pin(pin)
+        value = check_pin_format(pin)
         self._verified = False
         self.library.verify_pin(self._application(), value, t.USER_TYPE)
         self._verified = True
 
     def change_pin(self, old_pin: str, new_pin: str) -> None:
-        old, new = check_pin(old_pin), check_pin(new_pin)
+        old, new = check_pin_format(old_pin), check_pin_format(new_pin)
         self.library.change_pin(self._application(), old, new, t.USER_TYPE)
 
     def logout(self) -> None:
@@ -319,6 +307,12 @@ def open_skf_driver(
     """A driver for a registry entry (`card.registry`): load the entry's library (unless
     given one already loaded) and open the key on `device`."""
     return SkfDriver.open(library or SkfLibrary(spec.library), options_for(spec, device))
+
+
+if TYPE_CHECKING:  # SkfDriver is a CardDriver (checked by mypy, nothing at run time)
+
+    def _is_a_card_driver(driver: SkfDriver) -> CardDriver:
+        return driver
 
 
 def _card_number(serial: str) -> str:

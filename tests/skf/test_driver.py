@@ -17,7 +17,7 @@ from card import errors as ce
 from card.crypto.certs import certificate_to_pem, parse_certificate
 from card.crypto.rsa import rsa_verify_digest, rsa_verify_pkcs1
 from card.crypto.sm2 import raw_to_der, sm2_e, sm2_verify, sm2_verify_digest
-from card.eport.driver import CardDriver, CardType, CertSlot, SignAlgorithm
+from card.eport.driver import CardType, CertSlot, SignAlgorithm
 from card.skf.binding import SkfLibrary
 from card.skf.driver import SkfDriver, SkfOptions
 from card.skf.sar import SkfDeviceRemoved, SkfHandleInvalid
@@ -35,17 +35,12 @@ PIN = "88888888"
 MESSAGE = "报关单 2024-001 签名".encode()
 
 
-def _uses_protocol(driver: CardDriver) -> CardDriver:
-    return driver  # mypy: SkfDriver satisfies the agent's CardDriver protocol
-
-
 # --- discovery ----------------------------------------------------------------------------
 
 
 def test_opens_the_only_key_and_starts_logged_out(softskf: SoftSkf) -> None:
     softskf.load_card("legal-person-sm2")
     driver = softskf.open()
-    _uses_protocol(driver)
     assert driver.device_name.text == "SoftSKF Token 0"
     assert (driver.discovery.application, driver.discovery.container) == ("EPORT", "SignKey")
     assert driver.atr == b""
