@@ -1,9 +1,10 @@
 """`SkfDriver`: the `CardDriver` protocol over a vendor SKF (GM/T 0016) library.
 
 Opening a driver connects to one device, finds the application and container holding
-the signing key (`card.skf.discovery`, unless both are configured), checks that the
-container's public key is the one in its signing certificate, and clears the security
-state, so that every driver starts "not verified" like the APDU driver does.
+the signing key (`card.skf.discovery`: configured names must exist, missing ones are
+discovered), checks that the container's public key is the one in its signing
+certificate, and clears the security state, so that every driver starts "not verified"
+like the APDU driver does.
 
 What the agent gets, and where it comes from:
 
