@@ -128,6 +128,32 @@ def error_for_sw(sw: int) -> ApduError:
     return ApduError(sw)
 
 
+# --- vendor SKF libraries ----------------------------------------------------------
+
+
+class SkfError(CardError):
+    """An error a vendor SKF (GM/T 0016) library returned.
+
+    `sar` is the library's return code (SAR_*) and `function` the SKF call that
+    returned it. `card.skf.errors` combines this class with the type that says what
+    happened (WrongPinError, CardRemoved, ...), so callers catching those need not know
+    about SKF; an unknown code is a plain `SkfError`.
+    """
+
+    sar: int = 0
+    function: str = ""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # As ApduError: the subclasses' constructors do not take `*self.args`.
+        return (_rebuild_any_error, (type(self), self.args), self.__dict__)
+
+
+def _rebuild_any_error(cls: type[CardError], args: tuple[Any, ...]) -> CardError:
+    error = cls.__new__(cls)
+    error.args = args
+    return error
+
+
 # --- card profile ----------------------------------------------------------------
 
 

@@ -5,7 +5,8 @@ set -euo pipefail
 
 PKGS=(pcscd libpcsclite-dev vsmartcard-vpcd pcsc-tools opensc swig openssl
       mosquitto mosquitto-clients chromium fonts-noto-cjk
-      systemd libseccomp2)  # tests/ops: systemd-analyze; the unit's seccomp filters
+      systemd libseccomp2   # tests/ops: systemd-analyze; the unit's seccomp filters
+      gcc libc6-dev libssl-dev pkg-config)  # tests/skf: softskf, built against OpenSSL 3
 
 missing=()
 for p in "${PKGS[@]}"; do

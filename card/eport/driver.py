@@ -12,6 +12,8 @@ from enum import StrEnum
 from typing import Protocol
 
 from card.crypto.sm2 import raw_to_der
+from card.eport.profile import PIN_MAX_LEN, PIN_MIN_LEN
+from card.errors import InvalidPinFormat
 
 
 class CardType(StrEnum):
@@ -27,6 +29,39 @@ class SignAlgorithm(StrEnum):
     @property
     def digest_size(self) -> int:
         return 20 if self is SignAlgorithm.RSA_SHA1 else 32
+
+
+def check_pin_format(pin: str) -> bytes:
+    """The PIN as ASCII bytes; refuses what no E-Port card accepts (6 to 16 printable
+    ASCII characters) before any driver sends it, so no try is spent on it."""
+    if not isinstance(pin, str):
+        raise InvalidPinFormat("PIN must be text")
+    if not PIN_MIN_LEN <= len(pin) <= PIN_MAX_LEN:
+        raise InvalidPinFormat(
+            f"PIN must be {PIN_MIN_LEN} to {PIN_MAX_LEN} characters, got {len(pin)}"
+        )
+    if not all(0x21 <= ord(c) <= 0x7E for c in pin):
+        raise InvalidPinFormat("PIN may contain only printable ASCII letters, digits and symbols")
+    return pin.encode("ascii")
+
+
+def default_algorithm(key_algorithm: str, key_bits: int) -> SignAlgorithm:
+    """What a card with this signing key signs by default: SM2 keys SM2-SM3; RSA keys
+    SHA-256, except legacy 1024-bit ones, which sign SHA-1 (as the published real
+    samples show)."""
+    if key_algorithm == "SM2":
+        return SignAlgorithm.SM2_SM3
+    return SignAlgorithm.RSA_SHA1 if key_bits <= 1024 else SignAlgorithm.RSA_SHA256
+
+
+def choose_algorithm(default: SignAlgorithm, requested: SignAlgorithm | None) -> SignAlgorithm:
+    """The algorithm to sign with when a caller asks for `requested` on a card whose
+    key signs `default`: an RSA key signs either RSA hash; SM2 and RSA never mix."""
+    if requested is None or requested is default:
+        return default
+    if default is not SignAlgorithm.SM2_SM3 and requested is not SignAlgorithm.SM2_SM3:
+        return requested  # an RSA key signs any DigestInfo: SHA-1 or SHA-256
+    raise ValueError(f"a {default.value} card cannot sign {requested.value}")
 
 
 class CertSlot(StrEnum):

@@ -16,13 +16,22 @@ from card.crypto.certs import CertificateInfo, parse_certificate
 from card.crypto.rsa import digest_info
 from card.crypto.sm2 import sm2_e
 from card.eport import profile as p
-from card.eport.driver import CardInfo, CardType, CertSlot, PinStatus, SignAlgorithm, Signature
+from card.eport.driver import (
+    CardInfo,
+    CardType,
+    CertSlot,
+    PinStatus,
+    SignAlgorithm,
+    Signature,
+    check_pin_format,
+    choose_algorithm,
+    default_algorithm,
+)
 from card.eport.tlv import tlv_dict, unwrap
 from card.errors import (
     ClaNotSupported,
     FileNotFound,
     InsNotSupported,
-    InvalidPinFormat,
     ProtocolError,
     UnsupportedCard,
     WrongParameters,
@@ -54,15 +63,7 @@ class CardCapabilities:
 
 def pin_block(pin: str) -> bytes:
     """The profile's PIN block; refuses what no card would accept, before any APDU."""
-    if not isinstance(pin, str):
-        raise InvalidPinFormat("PIN must be text")
-    if not p.PIN_MIN_LEN <= len(pin) <= p.PIN_MAX_LEN:
-        raise InvalidPinFormat(
-            f"PIN must be {p.PIN_MIN_LEN} to {p.PIN_MAX_LEN} characters, got {len(pin)}"
-        )
-    if not all(0x21 <= ord(c) <= 0x7E for c in pin):
-        raise InvalidPinFormat("PIN may contain only printable ASCII letters, digits and symbols")
-    raw = pin.encode("ascii")
+    raw = check_pin_format(pin)
     return raw + b"\xff" * (p.PIN_BLOCK_LEN - len(raw))
 
 
@@ -176,8 +177,7 @@ class EPortSession:
         if caps.algorithm is p.AlgorithmRef.SM2_SM3:
             return SignAlgorithm.SM2_SM3
         info = self.signing_certificate()
-        # Legacy 1024-bit cards sign SHA-1 (as the published real samples show).
-        return SignAlgorithm.RSA_SHA1 if info.key_bits <= 1024 else SignAlgorithm.RSA_SHA256
+        return default_algorithm("RSA", info.key_bits)  # the FCI said: not SM2
 
     # --- files ---------------------------------------------------------------------
 
@@ -276,12 +276,7 @@ class EPortSession:
     # --- signatures ----------------------------------------------------------------
 
     def _choose(self, requested: SignAlgorithm | None) -> SignAlgorithm:
-        default = self.algorithm
-        if requested is None or requested is default:
-            return default
-        if default is not SignAlgorithm.SM2_SM3 and requested is not SignAlgorithm.SM2_SM3:
-            return requested  # an RSA key signs any DigestInfo: SHA-1 or SHA-256
-        raise ValueError(f"a {default.value} card cannot sign {requested.value}")
+        return choose_algorithm(self.algorithm, requested)
 
     def sign(self, message: bytes, *, algorithm: SignAlgorithm | None = None) -> Signature:
         algorithm = self._choose(algorithm)
