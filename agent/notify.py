@@ -29,18 +29,18 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from agent.owner import CardState, OwnerHealth
+from agent.service import CardState, OwnerHealth
 
-log = logging.getLogger("card_agent.notify")
+log = logging.getLogger(__name__)
 
 READY_WAIT_S = 5.0  # how long ready() waits for the owner thread's first loop round
 
 
-class _Owner(Protocol):
-    """What the notifier needs from `agent.owner.CardOwner`."""
+class _Service(Protocol):
+    """What the notifier needs from `agent.service.CardService`."""
 
     @property
-    def state(self) -> CardState: ...
+    def card_state(self) -> CardState: ...
 
     def health(self) -> OwnerHealth: ...
 
@@ -78,14 +78,14 @@ def watchdog_interval(env: Mapping[str, str], pid: int | None = None) -> float |
 class SystemdNotifier:
     def __init__(
         self,
-        owner: _Owner,
+        service: _Service,
         *,
         stuck_limit_s: float,
         describe: Callable[[], str] | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
         environ = os.environ if env is None else env
-        self._owner = owner
+        self._service = service
         self._stuck_limit_s = stuck_limit_s
         self._describe = describe
         self._address = notify_address(environ.get("NOTIFY_SOCKET"))
@@ -124,7 +124,7 @@ class SystemdNotifier:
     async def start(self) -> None:
         if self._address is None:
             return
-        self._owner.subscribe(self._on_card_event)
+        self._service.subscribe(self._on_card_event)
         if self.watchdog_interval_s is not None:
             self._task = asyncio.create_task(self._watchdog(self.watchdog_interval_s))
             log.info("systemd watchdog: pinging every %.1f s", self.watchdog_interval_s)
@@ -133,7 +133,7 @@ class SystemdNotifier:
         if self._address is None:
             return
         self.stopping()
-        self._owner.unsubscribe(self._on_card_event)
+        self._service.unsubscribe(self._on_card_event)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -164,7 +164,7 @@ class SystemdNotifier:
             self.notify("STOPPING=1", "STATUS=stopping")
 
     def status_text(self) -> str:
-        state = self._owner.state
+        state = self._service.card_state
         if not state.reader_present:
             card = "no reader"
         elif state.card_present:
@@ -180,7 +180,7 @@ class SystemdNotifier:
         deadline = time.monotonic() + wait_s
         first: float | None = None
         while True:
-            health = self._owner.health()
+            health = self._service.health()
             if health.thread_alive and health.last_loop_at is not None:
                 if first is None:
                     first = health.last_loop_at
@@ -208,7 +208,7 @@ class SystemdNotifier:
 
     async def _watchdog(self, interval_s: float) -> None:
         while True:
-            health = self._owner.health()
+            health = self._service.health()
             if health.stuck(self._stuck_limit_s):
                 if not self._stuck:
                     self._stuck = True

@@ -1,37 +1,34 @@
-"""Builds the running agent from its configuration: backend, owner, service, app."""
+"""The one place that wires the agent together: configuration -> card backend -> card
+owner -> CardService -> front ends (native API, official-protocol endpoint, telemetry,
+systemd notifier).
+
+Front ends know the service, never the owner or a backend; nothing below this module
+knows the configuration file. `build_runtime` makes the serving agent; `local_service`
+makes the same service for a command that uses the card while no agent runs.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI
-
-from agent.api import create_app
 from agent.audit import AuditLog
 from agent.backend import CardBackend, PcscBackend, SimulatedBackend
 from agent.component import Component
 from agent.config import Config
-from agent.notify import SystemdNotifier
 from agent.owner import CardOwner
 from agent.pairing import PairingStore
 from agent.service import CardService
 
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
-@dataclass
-class Runtime:
-    config: Config
-    backend: CardBackend
-    owner: CardOwner
-    service: CardService
-    pairing: PairingStore
-    audit: AuditLog
-    app: FastAPI
-    # Started by the app's lifespan in this order; build_runtime fills it from the
-    # configuration (the list is shared with the app, so appending here still counts).
-    components: list[Component]
+log = logging.getLogger(__name__)
 
 
 def state_dir(config: Config) -> Path:
@@ -61,15 +58,10 @@ def build_backend(config: Config) -> CardBackend:
     return SimulatedBackend(sim)
 
 
-def build_runtime(config: Config) -> Runtime:
-    os.umask(0o077)  # state files (audit, tokens, card state) are private to the agent
-    state_dir(config)
-    backend = build_backend(config)
+def build_service(config: Config, backend: CardBackend, audit: AuditLog) -> CardService:
     owner = CardOwner(backend, queue_size=config.card.queue_size)
-    audit = AuditLog(audit_path(config))
-    pairing = PairingStore(pairing_path(config))
     sec = config.security
-    service = CardService(
+    return CardService(
         owner,
         audit,
         pin_floor=sec.pin_floor,
@@ -77,55 +69,133 @@ def build_runtime(config: Config) -> Runtime:
         session_idle_s=sec.session_idle_s,
         job_timeout_s=config.card.job_timeout_s,
     )
-    components: list[Component] = []
+
+
+@dataclass
+class Runtime:
+    """The serving agent. `lifespan()` starts the card service, then the components in
+    order; it stops them in reverse. The API app runs it as its own lifespan."""
+
+    config: Config
+    backend: CardBackend
+    service: CardService
+    pairing: PairingStore
+    audit: AuditLog
+    app: FastAPI = field(init=False)
+    components: list[Component] = field(default_factory=list)
+
+    @property
+    def owner(self) -> CardOwner:
+        """For diagnostics and tests: the front ends go through `service`."""
+        return self.service.owner
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self) -> AsyncIterator[None]:
+        await self.service.start()
+        started: list[Component] = []
+        try:
+            for component in self.components:
+                await component.start()
+                started.append(component)
+            yield
+        finally:
+            for component in reversed(started):
+                try:
+                    await component.stop()
+                except Exception:
+                    log.exception("stopping %s failed", type(component).__name__)
+            await self.service.stop()
+
+
+def build_runtime(config: Config) -> Runtime:
+    from agent.api import ApiSettings, create_app
+    from agent.notify import SystemdNotifier
+
+    os.umask(0o077)  # state files (audit, tokens, card state) are private to the agent
+    state_dir(config)
+    backend = build_backend(config)
+    audit = AuditLog(audit_path(config))
+    service = build_service(config, backend, audit)
+    runtime = Runtime(config, backend, service, PairingStore(pairing_path(config)), audit)
     # systemd Type=notify + watchdog (a no-op outside systemd). `card-agent serve` sends
     # READY=1 once the sockets listen; a card call hung for twice its timeout (or a dead
     # owner thread, or a blocked event loop) stops the WATCHDOG=1 pings.
-    components.append(
+    runtime.components.append(
         SystemdNotifier(
-            owner,
+            service,
             stuck_limit_s=max(30.0, 2 * config.card.job_timeout_s),
             describe=lambda: f"serving http://{config.server.host}:{config.server.port}",
         )
     )
-    app = create_app(
-        service=service,
-        pairing=pairing,
-        port=config.server.port,
-        allowed_origins=sec.allowed_origins,
-        max_body_bytes=sec.max_body_bytes,
-        max_data_bytes=sec.max_data_bytes,
-        backend_name=config.card.backend,
-        components=components,
-    )
     if config.mqtt.enabled:
-        # Fleet telemetry (docs/telemetry.md). The service forwards the owner's card and
-        # reader events to its listeners, so this one listener sees both. The remote
-        # `selftest` command runs the real selftest through this runtime's card owner.
-        from agent import __version__
-        from agent.telemetry import TelemetryPublisher
-
-        telemetry = TelemetryPublisher(
-            config.mqtt,
-            state_dir=state_dir(config),
-            version=__version__,
-            presence=service.status,
-            audit_anchor=lambda: audit.anchor,
-            selftest_hook=None,
-        )
-        service.add_listener(telemetry.on_event)
-        components.append(telemetry)
+        runtime.components.append(_telemetry(runtime))
     if config.compat.enabled:
         # The official client's WebSocket protocol on its own port (docs/compat.md).
         from agent.compat.server import CompatServer
 
-        components.append(CompatServer.from_config(config, service))
-    runtime = Runtime(config, backend, owner, service, pairing, audit, app, components)
-    if config.mqtt.enabled:
+        runtime.components.append(CompatServer.from_config(config, service))
+    sec = config.security
+    runtime.app = create_app(
+        service=service,
+        pairing=runtime.pairing,
+        settings=ApiSettings(
+            port=config.server.port,
+            allowed_origins=sec.allowed_origins,
+            max_body_bytes=sec.max_body_bytes,
+            max_data_bytes=sec.max_data_bytes,
+            backend_name=config.card.backend,
+        ),
+        lifespan=runtime.lifespan,
+    )
+    return runtime
+
+
+def _telemetry(runtime: Runtime) -> Component:
+    """Fleet telemetry (docs/telemetry.md). The service forwards card and reader events
+    to its listeners, so this one listener sees both. The remote `selftest` command runs
+    the selftest through this runtime's own card service."""
+    from agent import __version__
+    from agent.telemetry import TelemetryPublisher
+
+    config, service = runtime.config, runtime.service
+
+    async def remote_selftest() -> dict[str, Any]:
+        from agent.access.service import ServiceAccess
         from agent.selftest import run_selftest
 
-        async def remote_selftest() -> dict[str, Any]:
-            return await run_selftest(config, runtime)
+        return await run_selftest(config, ServiceAccess.remote(service))
 
-        telemetry.selftest_hook = remote_selftest
-    return runtime
+    def presence() -> dict[str, bool]:
+        state = service.card_state
+        return {"reader_present": state.reader_present, "card_present": state.card_present}
+
+    telemetry = TelemetryPublisher(
+        config.mqtt,
+        state_dir=state_dir(config),
+        version=__version__,
+        presence=presence,
+        audit_anchor=lambda: runtime.audit.anchor,
+        selftest_hook=remote_selftest,
+    )
+    service.add_listener(telemetry.on_event)
+    return telemetry
+
+
+@contextlib.asynccontextmanager
+async def local_service(config: Config) -> AsyncIterator[CardService]:
+    """A card service of this process, for a command run while no agent serves: the
+    same owner thread, PIN floor, sessions, signature check and audit log as the agent.
+    Yields once the owner thread has looked at the reader."""
+    os.umask(0o077)
+    state_dir(config)
+    audit = AuditLog(audit_path(config))
+    try:
+        service = build_service(config, build_backend(config), audit)
+        await service.start()
+        try:
+            await service.first_look()
+            yield service
+        finally:
+            await service.stop()
+    finally:
+        audit.close()

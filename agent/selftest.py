@@ -44,7 +44,6 @@ from agent.cli_client import (
     pcsc_readers,
 )
 from agent.config import Config
-from agent.service import verify_signature
 from card import errors as ce
 from card.crypto.certs import (
     CertificateChainError,
@@ -55,6 +54,7 @@ from card.crypto.certs import (
 )
 from card.crypto.rsa import rsa_verify_pkcs1
 from card.crypto.sm2 import sm2_verify
+from card.crypto.verify import verify_digest
 from card.eport.atr import describe_atr
 from card.eport.driver import CardInfo, CertSlot, PinStatus, SignAlgorithm
 
@@ -677,9 +677,9 @@ class _Selftest:
             return self._card_failed(exc, "signing")
         ms = (time.monotonic() - started) * 1000
         details = {"algorithm": signature.algorithm.value, "duration_ms": round(ms, 1)}
-        ok = verify_signature(cert, signature) and verify_test_signature(
-            cert, data, signature.value, signature.algorithm.value
-        )
+        ok = verify_digest(
+            cert, signature.algorithm, signature.digest, signature.value
+        ) and verify_test_signature(cert, data, signature.value, signature.algorithm.value)
         if not ok:
             return _R(
                 "fail",

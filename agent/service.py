@@ -18,13 +18,14 @@ from typing import Any, TypeVar
 
 from agent.audit import AuditLog, AuditRecord
 from agent.errors import AgentError, wire_error
-from agent.owner import CardOwner
+from agent.owner import CardOwner, CardState, OwnerHealth
+from agent.owner import OwnerEvent as CardEvent
 from agent.sessions import SessionManager, SigningSession
 from agent.text import is_text
+from agent.vocabulary import ErrorCode, Purpose
 from card import errors as ce
 from card.crypto.certs import CertificateInfo, parse_certificate
-from card.crypto.rsa import rsa_verify_digest
-from card.crypto.sm2 import sm2_verify_digest
+from card.crypto.verify import verify_digest
 from card.eport.driver import (
     CardDriver,
     CardInfo,
@@ -35,12 +36,23 @@ from card.eport.driver import (
     mask_card_number,
 )
 
-log = logging.getLogger("card_agent.service")
+__all__ = [
+    "PURPOSES",
+    "Caller",
+    "CardEvent",
+    "CardService",
+    "CardState",
+    "OwnerHealth",
+    "SignOutcome",
+    "VerifyOutcome",
+]
+
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _MAX_ENDED_REMEMBERED = 64
 
-PURPOSES = ("seal", "agreement", "data_authorisation", "application", "receipt", "login", "other")
+PURPOSES = frozenset(Purpose)
 
 
 @dataclass(frozen=True)
@@ -98,6 +110,8 @@ class CardService:
     # --- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Start the card owner thread, then the service's own work."""
+        await self.owner.start()
         self.owner.subscribe(self._on_card_event)
         self._expiry_task = asyncio.create_task(self._expire_sessions())
 
@@ -107,6 +121,39 @@ class CardService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._expiry_task
         self.owner.unsubscribe(self._on_card_event)
+        await self.owner.stop()
+
+    # --- what front ends may watch (never the owner itself) -----------------------------
+
+    def subscribe(self, callback: Callable[[CardEvent], None]) -> None:
+        """`callback(event)` on the event loop for every reader and card event."""
+        self.owner.subscribe(callback)
+
+    def unsubscribe(self, callback: Callable[[CardEvent], None]) -> None:
+        self.owner.unsubscribe(callback)
+
+    @property
+    def card_state(self) -> CardState:
+        """Reader and card as the owner thread last saw them (never touches the card)."""
+        return self.owner.state
+
+    def health(self) -> OwnerHealth:
+        return self.owner.health()
+
+    async def first_look(self, timeout_s: float = 3.0) -> None:
+        """Until the owner thread's first poll has reported the reader and card (a fresh
+        service knows nothing of them before): one loop round after the first, or a
+        card seen, or `timeout_s`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        first: float | None = None
+        while loop.time() < deadline:
+            seen = self.owner.health().last_loop_at
+            if seen is not None:
+                first = seen if first is None else first
+                if seen != first or self.owner.state.card_present:
+                    return
+            await asyncio.sleep(0.005)
 
     def add_listener(self, listener: Callable[[str, dict[str, Any]], None]) -> None:
         """Service-level events (for telemetry): name, non-personal fields."""
@@ -168,12 +215,9 @@ class CardService:
 
     # --- read-only operations ---------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
-        state = self.owner.state
-        return {
-            "reader_present": state.reader_present,
-            "card_present": state.card_present,
-        }
+    async def card_atr(self) -> bytes:
+        """Opens the card (the driver selects its application); its ATR."""
+        return await self.run(lambda d: d.atr, label="card_atr")
 
     async def card_info(self) -> CardInfo:
         return await self.run(lambda d: d.card_info(), label="card_info")
@@ -292,7 +336,7 @@ class CardService:
             raise ce.PinBlockedError()
         if status.tries_left is not None and status.tries_left <= floor and not confirmed:
             raise AgentError(
-                "pin_tries_low",
+                ErrorCode.PIN_TRIES_LOW,
                 409,
                 f"Only {status.tries_left} PIN tries left. Confirm to use one.",
                 {"tries_left": status.tries_left},
@@ -314,17 +358,19 @@ class CardService:
             by = self._ended_by.pop(caller.client_id, None)
             if by is not None:
                 raise AgentError(
-                    "session_required",
+                    ErrorCode.SESSION_REQUIRED,
                     401,
                     "A refused PIN cleared the card's verified state"
                     + (" (another client's)" if by != caller.client_id else "")
                     + ". Verify the PIN again.",
                     {"reason": "card_verification_lost"},
                 )
-            raise AgentError("session_required", 401, "Verify the PIN first.")
+            raise AgentError(ErrorCode.SESSION_REQUIRED, 401, "Verify the PIN first.")
         if session.generation != self.owner.state.generation:
             self.sessions.end(caller.client_id)
-            raise AgentError("session_required", 401, "The card changed. Verify the PIN again.")
+            raise AgentError(
+                ErrorCode.SESSION_REQUIRED, 401, "The card changed. Verify the PIN again."
+            )
         return session
 
     # --- signing -------------------------------------------------------------------------
@@ -333,7 +379,7 @@ class CardService:
         self,
         caller: Caller,
         *,
-        purpose: str,
+        purpose: Purpose,
         title: str,
         data: bytes | None = None,
         digest: bytes | None = None,
@@ -373,7 +419,7 @@ class CardService:
             started = job_started = loop.time()
             info = driver.card_info()
             if info.card_number != session.card_number:
-                raise AgentError("card_changed", 409, "A different card is in the reader.")
+                raise AgentError(ErrorCode.CARD_CHANGED, 409, "A different card is in the reader.")
             if data is not None:
                 signature = driver.sign(data, algorithm=algorithm)
             else:
@@ -381,9 +427,9 @@ class CardService:
                 signature = driver.sign_digest(digest, algorithm=algorithm)
             card_ms = (loop.time() - started) * 1000
             cert = certificate_info(driver.certificate(CertSlot.SIGN))
-            if not verify_signature(cert, signature):
+            if not verify_digest(cert, signature.algorithm, signature.digest, signature.value):
                 raise AgentError(
-                    "signature_invalid",
+                    ErrorCode.SIGNATURE_INVALID,
                     502,
                     "The card produced a signature that does not verify. Nothing was signed.",
                 )
@@ -408,7 +454,7 @@ class CardService:
         if request_id is None:
             self._emit("sign", ok=False, code="audit_unavailable", purpose=purpose)
             raise AgentError(
-                "audit_unavailable",
+                ErrorCode.AUDIT_UNAVAILABLE,
                 503,
                 "The audit log cannot be written: the signature was withheld.",
             )
@@ -421,7 +467,7 @@ class CardService:
         ):
             self._emit("sign", ok=False, code="audit_unavailable", purpose=purpose)
             raise AgentError(
-                "audit_unavailable",
+                ErrorCode.AUDIT_UNAVAILABLE,
                 503,
                 "The audit log cannot be written: the signature was withheld.",
             )
@@ -438,19 +484,19 @@ class CardService:
 
     @staticmethod
     def _check_sign_request(
-        purpose: str, title: str, data: bytes | None, digest: bytes | None
+        purpose: Purpose, title: str, data: bytes | None, digest: bytes | None
     ) -> None:
         """Everything about a request that can be refused is refused before the card."""
         if (data is None) == (digest is None):
-            raise AgentError("invalid_input", 422, "Give exactly one of data or digest.")
+            raise AgentError(ErrorCode.INVALID_INPUT, 422, "Give exactly one of data or digest.")
         if data is not None and not data:
             # A signature over nothing attests nothing, and no Single Window step signs
             # an empty document: an empty one is a caller's bug.
-            raise AgentError("invalid_input", 422, "The document is empty.")
+            raise AgentError(ErrorCode.INVALID_INPUT, 422, "The document is empty.")
         if purpose not in PURPOSES:
-            raise AgentError("invalid_input", 422, "Unknown purpose.")
+            raise AgentError(ErrorCode.INVALID_INPUT, 422, "Unknown purpose.")
         if not title or not is_text(title) or any(ord(c) < 0x20 or c == "\x7f" for c in title):
-            raise AgentError("invalid_input", 422, "The title must be printable text.")
+            raise AgentError(ErrorCode.INVALID_INPUT, 422, "The title must be printable text.")
 
     async def _request_recorded(self, recorded: asyncio.Future[AuditRecord]) -> str | None:
         """The request record's id once it is durable; None if it could not be written."""
@@ -471,15 +517,3 @@ class CardService:
 
 def session_card(session: SigningSession) -> str:
     return mask_card_number(session.card_number)
-
-
-def verify_signature(cert: CertificateInfo, signature: Signature) -> bool:
-    """Check a card's signature against its own certificate before handing it out."""
-    if signature.algorithm is SignAlgorithm.SM2_SM3:
-        return cert.sm2_point is not None and sm2_verify_digest(
-            cert.sm2_point, signature.digest, signature.value
-        )
-    if cert.rsa_public_key is None:
-        return False
-    name = "sha1" if signature.algorithm is SignAlgorithm.RSA_SHA1 else "sha256"
-    return rsa_verify_digest(cert.rsa_public_key, signature.value, signature.digest, name)

@@ -19,12 +19,17 @@ class CardError(Exception):
 # --- malformed bytes -------------------------------------------------------------
 
 
-class ApduFormatError(CardError, ValueError):
+class ApduFormatError(CardError):
     """Bytes that are not a well-formed command or response APDU."""
 
 
-class InvalidPinFormat(CardError, ValueError):
+class InvalidPinFormat(CardError):
     """A PIN that the card would never accept (length or characters); no try spent."""
+
+
+class InvalidRequest(CardError):
+    """An operation the card cannot be asked for (an algorithm its key does not do, a
+    digest of the wrong size); nothing was sent."""
 
 
 # --- status-word errors ----------------------------------------------------------

@@ -109,7 +109,7 @@ def encode_card_info(state: CardState) -> bytes:
         + encode_tlv(p.TAG_HOLDER_NAME, state.holder_name.encode("utf-8"))
         + encode_tlv(p.TAG_COMPANY_NAME, state.company_name.encode("utf-8"))
         + encode_tlv(p.TAG_USCC, state.uscc.encode("ascii"))
-        + encode_tlv(p.TAG_CARD_TYPE, bytes((state.card_type,)))
+        + encode_tlv(p.TAG_CARD_TYPE, bytes((p.CARD_TYPE_CODES[state.card_type],)))
         + encode_tlv(p.TAG_ENTERPRISE_CODE, state.enterprise_code.encode("ascii"))
     )
     return encode_tlv(p.TAG_CARD_INFO, fields)

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from card.crypto.certs import CertificateInfo, parse_certificate
-from card.eport.profile import CardType
+from card.eport.driver import CardType
 from simulator.ca import TestCA
 from simulator.profiles import PROFILES, Algorithm, CardProfile, get_profile
 from simulator.state import CardFactory, CardState, StateStore

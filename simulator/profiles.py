@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
 
-from card.eport.profile import PIN_MAX_LEN, PIN_MIN_LEN, CardType
+from card.eport.driver import CardType
+from card.eport.profile import PIN_MAX_LEN, PIN_MIN_LEN
 
 Algorithm = Literal["SM2", "RSA"]
 

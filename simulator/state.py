@@ -31,7 +31,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from card.crypto import oids
 from card.crypto.sm2 import Sm2PrivateKey
-from card.eport.profile import CardType
+from card.eport.driver import CardType
+from card.eport.profile import CARD_TYPE_BY_CODE, CARD_TYPE_CODES
 from simulator.ca import KeyUsage, TestCA
 from simulator.pin import PinObject
 from simulator.profiles import Algorithm, CardProfile, get_profile
@@ -80,7 +81,7 @@ class CardState:
             "format": STATE_FORMAT,
             "profile": self.profile,
             "card": {
-                "type": int(self.card_type),
+                "type": CARD_TYPE_CODES[self.card_type],
                 "number": self.card_number,
                 "holder_name": self.holder_name,
                 "company_name": self.company_name,
@@ -108,7 +109,7 @@ class CardState:
         card = data["card"]
         return cls(
             profile=str(data["profile"]),
-            card_type=CardType(card["type"]),
+            card_type=CARD_TYPE_BY_CODE[card["type"]],
             card_number=str(card["number"]),
             holder_name=str(card["holder_name"]),
             company_name=str(card["company_name"]),

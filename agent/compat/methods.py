@@ -22,16 +22,18 @@ from datetime import timedelta, timezone
 from typing import Any
 
 from agent.errors import AgentError, WireError, wire_error
-from agent.service import PURPOSES, Caller, CardService
+from agent.service import Caller, CardService
+from agent.vocabulary import ErrorCode, Purpose
 from card import errors as ce
+from card.crypto.algorithms import KeyAlgorithm
 from card.crypto.certs import CertificateInfo, certificate_from_pem, parse_certificate
-from card.crypto.rsa import rsa_verify_digest
-from card.crypto.sm2 import der_to_raw, sm2_e, sm2_verify_digest
+from card.crypto.sm2 import der_to_raw
+from card.crypto.verify import verify_digest, verify_message
 from card.eport.driver import CardInfo, CardType, CertSlot, SignAlgorithm
 
 from .protocol import ErrorPair, Request, function_name, reply
 
-log = logging.getLogger("card_agent.compat")
+log = logging.getLogger(__name__)
 
 # --- the official error vocabulary ------------------------------------------------------
 
@@ -92,7 +94,7 @@ def compat_error(wire: WireError) -> ErrorPair:
 
 
 def bad_args(message: str) -> AgentError:
-    return AgentError("invalid_input", 422, message)
+    return AgentError(ErrorCode.INVALID_INPUT, 422, message)
 
 
 # --- per-connection context --------------------------------------------------------------
@@ -128,7 +130,7 @@ async def handle(conn: Connection, request: Request) -> str:
     handler = HANDLERS.get(func) if func is not None else None
     try:
         if handler is None or func is None:  # other modules (ra_, pdf-sign_, ...) too
-            raise AgentError("not_found", 404, "unknown method")
+            raise AgentError(ErrorCode.NOT_FOUND, 404, "unknown method")
         data = await handler(conn, request.args, func)
     except Exception as exc:
         wire = wire_error(exc)
@@ -162,7 +164,7 @@ def _optional_pin(args: dict[str, Any], name: str) -> str | None:
 def _data_bytes(conn: Connection, text: str) -> bytes:
     data = text.encode("utf-8")  # the client signs the UTF-8 bytes of the string
     if len(data) > conn.max_data_bytes:
-        raise AgentError("payload_too_large", 413, f"data over {conn.max_data_bytes} bytes")
+        raise AgentError(ErrorCode.PAYLOAD_TOO_LARGE, 413, f"data over {conn.max_data_bytes} bytes")
     return data
 
 
@@ -205,14 +207,15 @@ def _certificate_arg(value: Any) -> CertificateInfo:
         raise bad_args("证书无法解析") from None
 
 
-def _purpose(args: dict[str, Any], default: str) -> str:
+def _purpose(args: dict[str, Any], default: Purpose) -> Purpose:
     """Pages may pass a purpose hint for the audit log; otherwise inferred."""
     value = args.get("purpose")
     if value is None:
         return default
-    if value not in PURPOSES:
-        raise bad_args("purpose must be one of " + ", ".join(PURPOSES))
-    return str(value)
+    try:
+        return Purpose(value)
+    except ValueError:
+        raise bad_args("purpose must be one of " + ", ".join(Purpose)) from None
 
 
 def _title(args: dict[str, Any], conn: Connection, func: str) -> str:
@@ -361,19 +364,17 @@ async def _sign(
     *,
     message: bytes | None = None,
     digest_text: str | None = None,
-    purpose: str,
+    purpose: Purpose,
 ) -> list[Any]:
     # Arguments first: a malformed request must not touch the card or spend a try.
     pin = _optional_pin(args, "passwd")
     purpose = _purpose(args, purpose)
     title = _title(args, conn, func)
     cert = await _cert(conn)
-    # The official client signs SHA-1 on every RSA card (the driver's default for
-    # RSA-2048 is SHA-256, which a Single Window server would reject).
-    algorithm = SignAlgorithm.RSA_SHA1 if cert.key_algorithm == "RSA" else None
+    algorithm = _protocol_algorithm(cert)
     digest = None
     if digest_text is not None:
-        digest = _digest_arg(digest_text, 32 if cert.key_algorithm == "SM2" else 20)
+        digest = _digest_arg(digest_text, algorithm.digest_size)
     await _verify_if_given(conn, pin)
     outcome = await conn.service.sign(
         conn.caller,
@@ -389,16 +390,16 @@ async def _sign(
 
 async def sign_data(conn: Connection, args: dict[str, Any], func: str) -> list[Any]:
     message = _data_bytes(conn, _text(args, "inData"))
-    return await _sign(conn, args, func, message=message, purpose="other")
+    return await _sign(conn, args, func, message=message, purpose=Purpose.OTHER)
 
 
 async def sign_no_hash(conn: Connection, args: dict[str, Any], func: str) -> list[Any]:
-    return await _sign(conn, args, func, digest_text=_text(args, "inData"), purpose="other")
+    return await _sign(conn, args, func, digest_text=_text(args, "inData"), purpose=Purpose.OTHER)
 
 
 async def sign_random(conn: Connection, args: dict[str, Any], func: str) -> list[Any]:
     message = _data_bytes(conn, _text(args, "random"))
-    return await _sign(conn, args, func, message=message, purpose="login")
+    return await _sign(conn, args, func, message=message, purpose=Purpose.LOGIN)
 
 
 async def _verify_cert(conn: Connection, args: dict[str, Any]) -> CertificateInfo:
@@ -408,7 +409,7 @@ async def _verify_cert(conn: Connection, args: dict[str, Any]) -> CertificateInf
 
 def _check(ok: bool) -> list[Any]:
     if not ok:
-        raise AgentError("signature_invalid", 422, "signature does not verify")
+        raise AgentError(ErrorCode.SIGNATURE_INVALID, 422, "signature does not verify")
     return []
 
 
@@ -421,27 +422,32 @@ def _sm2_signature(signature: bytes) -> bytes:
         raise bad_args("signData不是有效的SM2签名") from None
 
 
+def _protocol_algorithm(cert: CertificateInfo) -> SignAlgorithm:
+    # The official client signs SM2 with SM3, and SHA-1 on every RSA card (the driver's
+    # default for RSA-2048 is SHA-256, which a Single Window server would reject).
+    if cert.key_algorithm is KeyAlgorithm.SM2:
+        return SignAlgorithm.SM2_SM3
+    return SignAlgorithm.RSA_SHA1
+
+
+def _signature_arg(cert: CertificateInfo, args: dict[str, Any]) -> bytes:
+    signature = _b64decode(_text(args, "signData"), "signData")
+    return _sm2_signature(signature) if cert.key_algorithm is KeyAlgorithm.SM2 else signature
+
+
 async def verify_sign(conn: Connection, args: dict[str, Any], func: str) -> list[Any]:
     message = _data_bytes(conn, _text(args, "inData"))
-    signature = _b64decode(_text(args, "signData"), "signData")
     cert = await _verify_cert(conn, args)
-    if cert.sm2_point is not None:
-        e = sm2_e(cert.sm2_point, message)
-        return _check(sm2_verify_digest(cert.sm2_point, e, _sm2_signature(signature)))
-    assert cert.rsa_public_key is not None
-    digest = hashlib.sha1(message).digest()  # noqa: S324 - the protocol's hash
-    return _check(rsa_verify_digest(cert.rsa_public_key, signature, digest, "sha1"))
+    signature = _signature_arg(cert, args)
+    return _check(verify_message(cert, _protocol_algorithm(cert), message, signature))
 
 
 async def verify_sign_no_hash(conn: Connection, args: dict[str, Any], func: str) -> list[Any]:
-    signature = _b64decode(_text(args, "signData"), "signData")
     cert = await _verify_cert(conn, args)
-    if cert.sm2_point is not None:
-        e = _digest_arg(_text(args, "inData"), 32)
-        return _check(sm2_verify_digest(cert.sm2_point, e, _sm2_signature(signature)))
-    assert cert.rsa_public_key is not None
-    digest = _digest_arg(_text(args, "inData"), 20)
-    return _check(rsa_verify_digest(cert.rsa_public_key, signature, digest, "sha1"))
+    signature = _signature_arg(cert, args)
+    algorithm = _protocol_algorithm(cert)
+    digest = _digest_arg(_text(args, "inData"), algorithm.digest_size)
+    return _check(verify_digest(cert, algorithm, digest, signature))
 
 
 async def sha1_digest(conn: Connection, args: dict[str, Any], func: str) -> list[Any]:

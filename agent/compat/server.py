@@ -32,8 +32,16 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from agent.config import Config
+from agent.guards import (
+    ASGIApp,
+    Receive,
+    Scope,
+    Send,
+    allowed_hosts,
+    json_depth_exceeds,
+    single_header,
+)
 from agent.listener import ListenerLimits, server_config
-from agent.security import ASGIApp, Receive, Scope, Send, _header, allowed_hosts, json_depth_exceeds
 from agent.service import Caller, CardService
 
 from .methods import ERR_BAD_ARGS, Connection, handle
@@ -49,7 +57,7 @@ from .protocol import (
     reply,
 )
 
-log = logging.getLogger("card_agent.compat")
+log = logging.getLogger(__name__)
 
 SINGLEWINDOW_DOMAIN = "singlewindow.cn"
 _STARTUP_TIMEOUT_S = 10.0
@@ -105,7 +113,7 @@ class CompatGuard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
             # The native API's single-value rule: a repeated Host/Origin is hostile.
-            host, origin = _header(scope, b"host"), _header(scope, b"origin")
+            host, origin = single_header(scope, b"host"), single_header(scope, b"origin")
             if host in self.hosts and self.policy.allows(origin):
                 await self.app(scope, receive, send)
                 return

@@ -15,13 +15,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa as rsa_keys
 
 from card.crypto import der, oids
+from card.crypto.algorithms import KeyAlgorithm
 from card.crypto.rsa import rsa_verify_pkcs1
 from card.crypto.sm2 import der_to_raw, sm2_verify, validate_public_point
 from card.errors import ProtocolError
@@ -55,7 +56,7 @@ class CertificateInfo:
     issuer_cn: str | None
     not_before: datetime
     not_after: datetime
-    key_algorithm: Literal["SM2", "RSA"]
+    key_algorithm: KeyAlgorithm
     key_bits: int
     sm2_point: bytes | None = field(repr=False)
     rsa_public_key: rsa_keys.RSAPublicKey | None = field(repr=False, compare=False, hash=False)
@@ -163,7 +164,7 @@ def sm2_subject_public_key_info(point: bytes) -> bytes:
 
 def _public_key(
     spki: der.Element,
-) -> tuple[Literal["SM2", "RSA"], int, bytes | None, rsa_keys.RSAPublicKey | None]:
+) -> tuple[KeyAlgorithm, int, bytes | None, rsa_keys.RSAPublicKey | None]:
     parts = spki.children()
     if len(parts) != 2:
         raise ProtocolError("malformed SubjectPublicKeyInfo")
@@ -177,7 +178,7 @@ def _public_key(
             raise ProtocolError(f"unsupported EC curve {curve} (only SM2 is)")
         point = parts[1].bit_string()
         validate_public_point(point)
-        return "SM2", 256, point, None
+        return KeyAlgorithm.SM2, 256, point, None
     if key_oid == oids.RSA_ENCRYPTION:
         try:
             key = serialization.load_der_public_key(spki.encoded)
@@ -185,7 +186,7 @@ def _public_key(
             raise ProtocolError(f"malformed RSA public key: {exc}") from exc
         if not isinstance(key, rsa_keys.RSAPublicKey):  # pragma: no cover - OID said RSA
             raise ProtocolError("RSA SubjectPublicKeyInfo did not load as RSA")
-        return "RSA", key.key_size, None, key
+        return KeyAlgorithm.RSA, key.key_size, None, key
     raise ProtocolError(f"unsupported public key algorithm {key_oid}")
 
 

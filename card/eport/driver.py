@@ -11,24 +11,25 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
+from card.crypto.algorithms import SignAlgorithm
 from card.crypto.sm2 import raw_to_der
+from card.eport.kinds import CardType
 from card.eport.profile import PIN_MAX_LEN, PIN_MIN_LEN
-from card.errors import InvalidPinFormat
+from card.errors import InvalidPinFormat, InvalidRequest
 
-
-class CardType(StrEnum):
-    LEGAL_PERSON = "legal_person"  # 法人卡
-    OPERATOR = "operator"  # 操作员卡
-
-
-class SignAlgorithm(StrEnum):
-    SM2_SM3 = "SM2-SM3"
-    RSA_SHA1 = "RSA-SHA1"
-    RSA_SHA256 = "RSA-SHA256"
-
-    @property
-    def digest_size(self) -> int:
-        return 20 if self is SignAlgorithm.RSA_SHA1 else 32
+__all__ = [
+    "CardDriver",
+    "CardInfo",
+    "CardType",
+    "CertSlot",
+    "PinStatus",
+    "SignAlgorithm",
+    "Signature",
+    "check_pin_format",
+    "choose_algorithm",
+    "default_algorithm",
+    "mask_card_number",
+]
 
 
 def check_pin_format(pin: str) -> bytes:
@@ -61,7 +62,7 @@ def choose_algorithm(default: SignAlgorithm, requested: SignAlgorithm | None) ->
         return default
     if default is not SignAlgorithm.SM2_SM3 and requested is not SignAlgorithm.SM2_SM3:
         return requested  # an RSA key signs any DigestInfo: SHA-1 or SHA-256
-    raise ValueError(f"a {default.value} card cannot sign {requested.value}")
+    raise InvalidRequest(f"a {default.value} card cannot sign {requested.value}")
 
 
 class CertSlot(StrEnum):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from card.eport.kinds import CardType
+
 # Application identifier: RID D1 56 00 00 01 ('D' = national registration,
 # 156 = China), PIX "EPORT". Our own choice.
 EPORT_AID = bytes.fromhex("D15600000145504F5254")
@@ -37,9 +39,12 @@ class AlgorithmRef(IntEnum):
     RSA_PKCS1 = 0x02  # input DigestInfo; card pads (PKCS#1 v1.5, type 1)
 
 
-class CardType(IntEnum):
-    LEGAL_PERSON = 0x01  # 法人卡
-    OPERATOR = 0x02  # 操作员卡
+# The card-type byte (TAG_CARD_TYPE) for each kind of card.
+CARD_TYPE_CODES: dict[CardType, int] = {
+    CardType.LEGAL_PERSON: 0x01,  # 法人卡
+    CardType.OPERATOR: 0x02,  # 操作员卡
+}
+CARD_TYPE_BY_CODE: dict[int, CardType] = {code: kind for kind, code in CARD_TYPE_CODES.items()}
 
 
 # Instructions

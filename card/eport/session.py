@@ -18,7 +18,6 @@ from card.crypto.sm2 import sm2_e
 from card.eport import profile as p
 from card.eport.driver import (
     CardInfo,
-    CardType,
     CertSlot,
     PinStatus,
     SignAlgorithm,
@@ -32,6 +31,7 @@ from card.errors import (
     ClaNotSupported,
     FileNotFound,
     InsNotSupported,
+    InvalidRequest,
     ProtocolError,
     UnsupportedCard,
     WrongParameters,
@@ -42,10 +42,6 @@ from card.sw import StatusWord, tries_left
 from card.transport import Transport
 
 _CERT_FID = {CertSlot.SIGN: p.FID_SIGN_CERT, CertSlot.ENCRYPT: p.FID_ENC_CERT}
-_CARD_TYPES = {
-    p.CardType.LEGAL_PERSON: CardType.LEGAL_PERSON,
-    p.CardType.OPERATOR: CardType.OPERATOR,
-}
 MAX_FILE_SIZE = 16 * 1024  # certificates are ~1 KiB; anything huge is a broken card
 
 
@@ -104,7 +100,7 @@ def parse_card_info(data: bytes) -> CardInfo:
         holder = fields[p.TAG_HOLDER_NAME].decode("utf-8")
         company = fields[p.TAG_COMPANY_NAME].decode("utf-8")
         uscc = fields[p.TAG_USCC].decode("ascii")
-        card_type = _CARD_TYPES[p.CardType(fields[p.TAG_CARD_TYPE][0])]
+        card_type = p.CARD_TYPE_BY_CODE[fields[p.TAG_CARD_TYPE][0]]
         code = fields.get(p.TAG_ENTERPRISE_CODE)
         enterprise = code.decode("ascii") if code is not None else None
     except (KeyError, IndexError, ValueError) as exc:
@@ -291,7 +287,7 @@ class EPortSession:
     def sign_digest(self, digest: bytes, *, algorithm: SignAlgorithm | None = None) -> Signature:
         algorithm = self._choose(algorithm)
         if len(digest) != algorithm.digest_size:
-            raise ValueError(
+            raise InvalidRequest(
                 f"{algorithm.value} needs a {algorithm.digest_size}-byte digest, got {len(digest)}"
             )
         return self._sign(algorithm, digest)

@@ -52,7 +52,7 @@ from card.eport.driver import (
     choose_algorithm,
     default_algorithm,
 )
-from card.errors import CardError, ProtocolError, UnsupportedCard
+from card.errors import CardError, InvalidRequest, ProtocolError, UnsupportedCard
 from card.registry import SkfLibraryDriver
 from card.skf import types as t
 from card.skf.binding import Handle, SkfLibrary, SkfName
@@ -258,7 +258,7 @@ class SkfDriver:
     def sign_digest(self, digest: bytes, *, algorithm: SignAlgorithm | None = None) -> Signature:
         chosen = choose_algorithm(self.algorithm, algorithm)
         if len(digest) != chosen.digest_size:
-            raise ValueError(
+            raise InvalidRequest(
                 f"{chosen.value} needs a {chosen.digest_size}-byte digest, got {len(digest)}"
             )
         return self._sign(chosen, digest)

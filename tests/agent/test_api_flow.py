@@ -19,7 +19,7 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from agent.errors import ERROR_CODES
+from agent.vocabulary import ErrorCode
 from card.crypto.certs import certificate_from_pem, parse_certificate
 from card.crypto.sm2 import der_to_raw, sm2_e, sm2_verify_digest
 from tests.agent.conftest import (
@@ -225,12 +225,12 @@ def test_card_pull_ends_the_session_and_the_next_visitor_starts_clean(
     agent.pull_card()
     assert agent.wait_for(lambda: not agent.card_present(), timeout=2)
     error = assert_error(client.post("/v1/sign", json=sign_body()), 401, "session_required")
-    assert error["code"] in ERROR_CODES
+    assert error["code"] in list(ErrorCode)
     # Without a card, card operations say so with a documented code.
     r = client.get("/v1/pin")
     assert r.status_code == 409
     assert r.json()["error"]["code"] in ("card_missing", "card_removed")
-    assert r.json()["error"]["code"] in ERROR_CODES
+    assert r.json()["error"]["code"] in list(ErrorCode)
 
     agent.insert_card()
     assert agent.wait_for(agent.card_present, timeout=2)
@@ -254,7 +254,7 @@ def test_sign_racing_a_card_pull_fails_with_a_documented_code(
         assert r.status_code in (401, 409), r.text
         code = r.json()["error"]["code"]
         assert code in ("session_required", "card_removed", "card_missing")
-        assert code in ERROR_CODES
+        assert code in list(ErrorCode)
         assert "signature" not in r.json()
         agent.insert_card()
         assert agent.wait_for(agent.card_present, timeout=2)

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from agent.security import SecurityMiddleware
+from agent.api.security import SecurityMiddleware
 from tests.agent.conftest import (
     CARD_PIN,
     ORIGIN,

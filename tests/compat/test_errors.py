@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 
 from agent.compat.methods import compat_error
-from agent.errors import ERROR_CODES, WireError, wire_error
+from agent.errors import WireError, wire_error
 from agent.owner import Busy, JobTimeout
+from agent.vocabulary import ErrorCode
 from card import errors as ce
 
 
-@pytest.mark.parametrize("code", ERROR_CODES)
+@pytest.mark.parametrize("code", list(ErrorCode))
 def test_every_code_has_a_page_form(code: str) -> None:
     message, err = compat_error(WireError(code, 500, "English message", {"tries_left": 3}))
     assert message

@@ -16,9 +16,11 @@ from typing import Any
 
 import pytest
 
+from agent.audit import AuditLog
 from agent.backend import BackendEvent
 from agent.notify import SystemdNotifier, notify_address, watchdog_interval
 from agent.owner import CardOwner, CardState, OwnerHealth
+from agent.service import CardService
 from tests.ops.conftest import AgentProcess, clean_env, write_config
 
 READER = "Fake Reader 00"
@@ -96,7 +98,7 @@ def test_notify_address_and_watchdog_environment() -> None:
 
 
 def test_without_notify_socket_everything_is_a_noop() -> None:
-    notifier = SystemdNotifier(_FakeOwner(), stuck_limit_s=1, env={})
+    notifier = SystemdNotifier(_FakeService(), stuck_limit_s=1, env={})
 
     async def main() -> bool:
         await notifier.start()
@@ -108,12 +110,14 @@ def test_without_notify_socket_everything_is_a_noop() -> None:
     assert asyncio.run(main()) is False
 
 
-# --- a fake owner ---------------------------------------------------------------------------
+# --- a fake service ---------------------------------------------------------------------------
 
 
-class _FakeOwner:
+class _FakeService:
+    """What the notifier reads of a CardService."""
+
     def __init__(self) -> None:
-        self.state = CardState(reader_present=True, card_present=True, reader=READER)
+        self.card_state = CardState(reader_present=True, card_present=True, reader=READER)
         self.subscribers: list[Any] = []
 
     def health(self) -> OwnerHealth:
@@ -130,7 +134,7 @@ def test_ready_status_pings_and_stopping_on_an_abstract_socket(
     abstract_socket: NotifySocket,
 ) -> None:
     env = {"NOTIFY_SOCKET": abstract_socket.address, "WATCHDOG_USEC": "100000"}
-    owner = _FakeOwner()
+    owner = _FakeService()
     notifier = SystemdNotifier(owner, stuck_limit_s=5, describe=lambda: "serving x", env=env)
     assert notifier.watchdog_interval_s == pytest.approx(0.05)
     received: list[str] = []
@@ -139,7 +143,7 @@ def test_ready_status_pings_and_stopping_on_an_abstract_socket(
         await notifier.start()
         assert await notifier.ready()
         await asyncio.sleep(0.3)
-        owner.state = CardState(reader_present=True, card_present=False, reader=READER)
+        owner.card_state = CardState(reader_present=True, card_present=False, reader=READER)
         for callback in owner.subscribers:
             callback(object())  # a card event: STATUS follows
         await asyncio.sleep(0.05)
@@ -194,7 +198,7 @@ class _BlockingBackend:
 
 
 def test_pings_stop_while_the_card_thread_hangs_and_resume_after(
-    path_socket: NotifySocket,
+    path_socket: NotifySocket, tmp_path: Path
 ) -> None:
     release = threading.Event()
     env = {"NOTIFY_SOCKET": path_socket.address, "WATCHDOG_USEC": "100000"}  # ping / 50 ms
@@ -202,8 +206,12 @@ def test_pings_stop_while_the_card_thread_hangs_and_resume_after(
 
     async def main() -> None:
         owner = CardOwner(_BlockingBackend(), poll_interval_s=0.05)
-        await owner.start()
-        notifier = SystemdNotifier(owner, stuck_limit_s=0.3, env=env)
+        audit = AuditLog(tmp_path / "audit.log")
+        service = CardService(
+            owner, audit, pin_floor=1, session_ttl_s=60, session_idle_s=60, job_timeout_s=10
+        )
+        await service.start()
+        notifier = SystemdNotifier(service, stuck_limit_s=0.3, env=env)
         await notifier.start()
         assert await notifier.ready()
         await asyncio.sleep(0.3)
@@ -213,14 +221,15 @@ def test_pings_stop_while_the_card_thread_hangs_and_resume_after(
             return "done"
 
         timeline["hang"] = time.monotonic()
-        job = asyncio.create_task(owner.run(hang, timeout=10, label="hanging_call"))
+        job = asyncio.create_task(service.run(hang, label="hanging_call"))
         await asyncio.sleep(1.1)  # 0.3 s to be "stuck", then 0.8 s without pings
         timeline["release"] = time.monotonic()
         release.set()
         assert await job == "done"
         await asyncio.sleep(0.3)
         await notifier.stop()
-        await owner.stop()
+        await service.stop()
+        audit.close()
 
     received: list[str] = []
     collector = threading.Thread(target=lambda: received.extend(path_socket.collect(2.4)))

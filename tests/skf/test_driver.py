@@ -334,9 +334,9 @@ def test_algorithm_requests_that_cannot_be_served(softskf: SoftSkf) -> None:
     softskf.load_card("legal-person-sm2")
     driver = softskf.open()
     driver.verify_pin(PIN)
-    with pytest.raises(ValueError, match="cannot sign RSA-SHA256"):
+    with pytest.raises(ce.InvalidRequest, match="cannot sign RSA-SHA256"):
         driver.sign(MESSAGE, algorithm=SignAlgorithm.RSA_SHA256)
-    with pytest.raises(ValueError, match="32-byte digest"):
+    with pytest.raises(ce.InvalidRequest, match="32-byte digest"):
         driver.sign_digest(b"\0" * 20)
 
 

@@ -92,8 +92,7 @@ def test_no_sensitive_data_in_any_published_payload(
 
     async def main() -> None:
         service = runtime.service
-        await runtime.owner.start()
-        await service.start()
+        await service.start()  # and the card owner thread
         for component in runtime.components:
             await component.start()
         try:

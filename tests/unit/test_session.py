@@ -35,6 +35,7 @@ from card.errors import (
     ApduFormatError,
     CardRemoved,
     InvalidPinFormat,
+    InvalidRequest,
     PinBlockedError,
     SecurityStatusNotSatisfied,
     UnsupportedCard,
@@ -430,7 +431,7 @@ def test_sign_digest(rig: Rig) -> None:
     check_signature(rig, MESSAGE, signature.value)
     sent = len(rig.wire.sent)
     for wrong in (b"", digest[:-1], digest + b"\x00", bytes(64)):
-        with pytest.raises(ValueError, match="digest"):
+        with pytest.raises(InvalidRequest, match="digest"):
             rig.session.sign_digest(wrong)
     assert len(rig.wire.sent) == sent  # refused before any APDU
 

@@ -21,7 +21,7 @@ from card.eport import profile as p
 from card.eport.atr import is_known_atr
 from card.eport.session import parse_card_info, parse_fci
 from card.eport.tlv import tlv_dict, unwrap
-from card.errors import CardRemoved, TransportClosed
+from card.errors import ApduFormatError, CardRemoved, TransportClosed
 from simulator.card_os import SimulatedCard
 from simulator.inprocess import InProcessTransport
 from simulator.knobs import CardKnobs, TimingModel
@@ -899,7 +899,7 @@ def test_reset_drops_chain_and_pending_data(sm2_state: CardState) -> None:
 )
 def test_malformed_apdus_answer_6700(card: SimulatedCard, raw: str) -> None:
     data = bytes.fromhex(raw)
-    with pytest.raises(ValueError):
+    with pytest.raises(ApduFormatError):
         CommandApdu.decode(data)
     assert tx(card, data) == (b"", 0x6700)
 

@@ -138,8 +138,9 @@ def test_transport_errors() -> None:
     assert pickle.loads(pickle.dumps(error)).code == 0x8010000B
 
 
-def test_format_error_is_value_error() -> None:
-    assert issubclass(ApduFormatError, ValueError)
+def test_format_error_is_a_card_error_only() -> None:
+    # Not a ValueError: the agent answers only its own errors; anything else is a bug.
+    assert not issubclass(ApduFormatError, ValueError)
     assert issubclass(ApduFormatError, CardError)
     assert not issubclass(ApduFormatError, ApduError)
 
