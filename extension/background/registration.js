@@ -7,14 +7,16 @@
 
 import { loadConfig } from "../lib/config.js";
 import { dynamicScripts, manifestOrigins, matchPatterns, sameRegistrations } from "../lib/content-scripts.js";
+import { policySettled } from "./policy.js";
 
 /** @typedef {import("../lib/config.js").Settings} Settings */
 
 const STATIC_ORIGINS = manifestOrigins(chrome.runtime.getManifest());
-const PROBE_RETRY_MS = 500;
+const PROBE_RETRY_MS = 200;
 
 /** @returns {Promise<Settings>} */
 async function syncRegistrations() {
+  await policySettled();
   const config = await loadConfig();
   const wanted = dynamicScripts(config, STATIC_ORIGINS);
   const registered = await chrome.scripting.getRegisteredContentScripts();
@@ -46,10 +48,12 @@ export function reconfigure() {
 }
 
 /**
- * The settings, once the registration in progress (if any) is done.
+ * The settings, once policy is loaded (background/policy.js) and the registration in
+ * progress, if any, is done.
  * @returns {Promise<Settings>}
  */
 export async function settledConfig() {
+  await policySettled();
   await configured.catch(() => {});
   return loadConfig();
 }
@@ -60,19 +64,20 @@ export async function settledConfig() {
  * @returns {Promise<boolean>}
  */
 async function hasContentScript(tabId) {
-  for (let attempt = 0; attempt < 2; attempt++) {
+  /** @type {import("../lib/wire.js").AliveProbe} */
+  const probe = { type: "alive" };
+  for (let attempt = 0; ; attempt++) {
     try {
-      /** @type {import("../lib/wire.js").AliveProbe} */
-      const probe = { type: "alive" };
       if ((await chrome.tabs.sendMessage(tabId, probe, { frameId: 0 })) === true) return true;
     } catch {
-      // no receiver (yet): a document that started before the extension was there
+      // No receiver: a document that started before the extension was there, or (the
+      // second look is for this) one whose scripts are being injected right now.
     }
+    if (attempt === 1) return false;
     await new Promise((resolve) => {
       setTimeout(resolve, PROBE_RETRY_MS);
     });
   }
-  return false;
 }
 
 /**

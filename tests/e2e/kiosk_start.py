@@ -207,6 +207,31 @@ class KioskChromium:
             targets: list[dict[str, Any]] = json.load(answer)
         return targets
 
+    def attach_error(self, target_id: str) -> str | None:
+        """Try to attach DevTools to a target: None if allowed, else Chromium's refusal."""
+        from websockets.sync.client import connect
+
+        url = f"http://127.0.0.1:{self.devtools_port()}/json/version"
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            endpoint = json.load(answer)["webSocketDebuggerUrl"]
+        with connect(endpoint, max_size=None, open_timeout=5) as ws:
+            ws.send(
+                json.dumps(
+                    {
+                        "id": 1,
+                        "method": "Target.attachToTarget",
+                        "params": {"targetId": target_id, "flatten": True},
+                    }
+                )
+            )
+            while True:
+                reply = json.loads(ws.recv(timeout=10))
+                if reply.get("id") == 1:
+                    break
+        if "error" in reply:
+            return str(reply["error"].get("message", reply["error"]))
+        return None
+
     def tail(self, lines: int = 30) -> str:
         with contextlib.suppress(OSError):
             text = self.log.read_text(errors="replace").splitlines()
