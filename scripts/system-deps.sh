@@ -8,6 +8,12 @@ PKGS=(pcscd libpcsclite-dev vsmartcard-vpcd pcsc-tools opensc swig openssl
       systemd libseccomp2   # tests/ops: systemd-analyze; the unit's seccomp filters
       gcc libc6-dev libssl-dev pkg-config)  # tests/skf: softskf, built against OpenSSL 3
 
+# Node.js and npm for the extension's checks: any install will do (the machine image may
+# bring its own); Debian's otherwise.
+command -v node >/dev/null && command -v npm >/dev/null || PKGS+=(nodejs npm)
+# unshare (util-linux) for the kiosk-start tests' private mount namespace.
+PKGS+=(util-linux)
+
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole test suite: set-up (venv, packages, Debian packages), lint, types, tests.
+# The whole test suite: set-up (venv, node_modules, Debian packages), lint, types, tests.
 # This is the README's test command; .ci/run calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,5 +12,9 @@ ruff check .
 ruff format --check .
 echo "== mypy"
 mypy
+echo "== extension: eslint, tsc --checkJs, node --test"
+npm run --silent lint
+npm run --silent typecheck
+npm run --silent test
 echo "== pytest"
 pytest "$@"

@@ -1,26 +1,67 @@
+// @ts-check
 // The extension's own window: pairing, then what is about to be signed, tries left,
 // the PIN (typed here, never in the page), the last-try confirmation, the signature.
 // The PIN goes from this window's input straight to the agent and is then cleared.
 
 import { AgentError, agent, getToken, setToken } from "../lib/agent.js";
 import { siteName, zhMessage } from "../lib/messages.js";
+import { PORT_DIALOG } from "../lib/wire.js";
 
-const $ = (id) => document.getElementById(id);
+/** @typedef {import("../lib/wire.js").DialogCommand} DialogCommand */
+/** @typedef {import("../lib/wire.js").DialogUpdate} DialogUpdate */
+/** @typedef {import("../lib/wire.js").DialogKind} DialogKind */
+/** @typedef {import("../lib/wire.js").DialogSettings} DialogSettings */
+/** @typedef {import("../lib/wire.js").SignRequest} SignRequest */
+/** @typedef {import("../lib/agent.js").AgentAnswer} AgentAnswer */
+/** @typedef {{pin: AgentAnswer, card: AgentAnswer, certs: AgentAnswer}} CardFacts */
+
+/**
+ * An element of dialog.html (they are all there: a missing one is a bug, not a state).
+ * @param {string} id
+ * @returns {HTMLElement}
+ */
+function $(id) {
+  const el = document.getElementById(id);
+  if (!el) throw new Error(`dialog.html has no #${id}`);
+  return el;
+}
+/** @param {string} id @returns {HTMLInputElement} */
+const input$ = (id) => /** @type {HTMLInputElement} */ ($(id));
+/** @param {string} id @returns {HTMLButtonElement} */
+const button$ = (id) => /** @type {HTMLButtonElement} */ ($(id));
+
+/**
+ * @param {unknown} err
+ * @returns {{code: string, details: Record<string, unknown>}}
+ */
+function errorOf(err) {
+  return err instanceof AgentError ? { code: err.code, details: err.details } : { code: "internal_error", details: {} };
+}
+
 const requestId = window.location.hash.slice(1);
-const port = chrome.runtime.connect({ name: "dialog" });
+const port = chrome.runtime.connect({ name: PORT_DIALOG });
+/** @param {DialogCommand} command */
+const tell = (command) => port.postMessage(command);
+/** @type {SignRequest | null} */
 let request = null;
+/** @type {DialogKind | null} */
 let kind = null;
-let settings = {};
+/** @type {DialogSettings | null} */
+let settings = null;
 let needPin = true;
 let busy = false;
 let cardGone = false;
 
+/** @param {string} view */
 function show(view) {
-  for (const el of document.querySelectorAll(".view")) el.hidden = el.id !== `view-${view}`;
+  for (const el of document.querySelectorAll(".view")) {
+    if (el instanceof HTMLElement) el.hidden = el.id !== `view-${view}`;
+  }
   // Nothing left to time out on the final views.
   $("countdown").hidden = ["done", "paired", "error", "blocked"].includes(view);
 }
 
+/** @param {string} message @param {string} [title] */
 function fatal(message, title = "无法继续") {
   $("fatal-title").textContent = title;
   $("fatal-message").textContent = message;
@@ -29,16 +70,22 @@ function fatal(message, title = "无法继续") {
 
 const PULLED_TEXT = "为保护您的信息，本次签名已取消，卡密码的验证状态已清除。请回到办理页面，重新插卡后从登录开始。本窗口即将关闭。";
 
+/** @param {string} [code] */
 function cancel(code = "user_cancelled") {
-  port.postMessage({ type: "cancel", id: requestId, code });
+  tell({ type: "cancel", id: requestId, code });
   setTimeout(() => window.close(), 200);
 }
 
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+/** @param {number} ms */
+const sleep = (ms) =>
+  new Promise((resolve) => {
+    setTimeout(resolve, ms);
+  });
 
 // --- countdown: an abandoned window cancels itself ---------------------------------------
 
 let deadline = 0;
+/** @param {number} seconds */
 function startCountdown(seconds) {
   deadline = Date.now() + seconds * 1000;
   const tick = () => {
@@ -62,9 +109,10 @@ async function pair() {
   for (;;) {
     let req;
     try {
-      req = await agent.pair(settings.clientName || "电子口岸卡助手");
+      req = await agent.pair(settings?.clientName || "电子口岸卡助手");
     } catch (err) {
-      $("pair-status").textContent = zhMessage(err.code, err.details);
+      const { code, details } = errorOf(err);
+      $("pair-status").textContent = zhMessage(code, details);
       await sleep(3000);
       continue;
     }
@@ -77,8 +125,9 @@ async function pair() {
       try {
         answer = await agent.claim(req.request_id);
       } catch (err) {
-        if (err.code === "pairing_error") break; // expired or unknown: a new code
-        $("pair-status").textContent = zhMessage(err.code, err.details);
+        const { code, details } = errorOf(err);
+        if (code === "pairing_error") break; // expired or unknown: a new code
+        $("pair-status").textContent = zhMessage(code, details);
         continue;
       }
       if (answer && answer.status === "approved" && answer.token) {
@@ -91,15 +140,18 @@ async function pair() {
 
 // --- signing ------------------------------------------------------------------------------
 
+/** @param {unknown} number */
 function maskNumber(number) {
   const s = String(number || "");
   return s.length <= 4 ? s : `${"*".repeat(s.length - 4)}${s.slice(-4)}`;
 }
 
+/** @param {string} hex */
 function groupDigest(hex) {
-  return hex.match(/.{1,8}/g).join(" ");
+  return (hex.match(/.{1,8}/g) ?? []).join(" ");
 }
 
+/** @returns {Promise<CardFacts>} */
 async function loadCard() {
   for (;;) {
     try {
@@ -107,11 +159,12 @@ async function loadCard() {
       cardGone = false;
       return { pin, card, certs };
     } catch (err) {
-      if (err.code === "unauthorized" || err.code === "not_paired") {
+      const { code } = errorOf(err);
+      if (code === "unauthorized" || code === "not_paired") {
         await pair();
         continue;
       }
-      if (["card_missing", "card_removed", "card_reset", "card_timeout", "card_io_error"].includes(err.code)) {
+      if (["card_missing", "card_removed", "card_reset", "card_timeout", "card_io_error"].includes(code)) {
         $("card-title").textContent = "请插入电子口岸卡";
         $("card-message").textContent = zhMessage("card_missing");
         show("card");
@@ -123,9 +176,10 @@ async function loadCard() {
   }
 }
 
+/** @param {{tries_left?: unknown}} pin */
 function renderTries(pin) {
   const el = $("tries");
-  if (pin.tries_left === null || pin.tries_left === undefined) {
+  if (typeof pin.tries_left !== "number") {
     el.textContent = "";
     return;
   }
@@ -141,9 +195,10 @@ function showLastTry() {
 
 function updateConfirm() {
   const lastTryOpen = !$("last-try").hidden;
-  $("confirm").disabled = busy || cardGone || (needPin && lastTryOpen && !$("last-try-confirm").checked);
+  button$("confirm").disabled = busy || cardGone || (needPin && lastTryOpen && !input$("last-try-confirm").checked);
 }
 
+/** @param {string} message */
 function setError(message) {
   // Next to the PIN field while it is shown, else above the buttons.
   const target = needPin ? $("sign-error") : $("other-error");
@@ -153,6 +208,7 @@ function setError(message) {
   }
 }
 
+/** @param {boolean} value */
 function setNeedPin(value) {
   needPin = value;
   $("pin-section").hidden = !value;
@@ -174,6 +230,7 @@ function buildKeypad() {
     [digits[i], digits[j]] = [digits[j], digits[i]];
   }
   pad.replaceChildren();
+  /** @param {string} label @param {() => void} fn @param {string} [cls] */
   const key = (label, fn, cls) => {
     const b = document.createElement("button");
     b.type = "button";
@@ -182,13 +239,14 @@ function buildKeypad() {
     b.addEventListener("click", fn);
     pad.append(b);
   };
-  const input = $("pin");
+  const input = input$("pin");
   digits.slice(0, 9).forEach((d) => key(d, () => { if (input.value.length < 16) input.value += d; }));
   key("清除", () => { input.value = ""; }, "fn");
   key(digits[9], () => { if (input.value.length < 16) input.value += digits[9]; });
   key("退格", () => { input.value = input.value.slice(0, -1); }, "fn");
 }
 
+/** @param {boolean} on */
 function toggleKeypad(on) {
   const pad = $("keypad");
   pad.hidden = !on;
@@ -196,13 +254,14 @@ function toggleKeypad(on) {
   $("keypad-toggle").textContent = on ? "隐藏屏幕数字键盘" : "使用屏幕数字键盘";
 }
 
-function renderSign({ pin, card, certs }) {
+/** @param {SignRequest} doc @param {CardFacts} facts */
+function renderSign(doc, { pin, card, certs }) {
   const cert = certs.sign;
-  $("f-site").textContent = siteName(request.origin);
-  $("f-origin").textContent = request.origin;
-  $("f-purpose").textContent = request.purposeText;
-  $("f-title").textContent = request.title;
-  $("f-digest").textContent = groupDigest(request.sha256);
+  $("f-site").textContent = siteName(doc.origin);
+  $("f-origin").textContent = doc.origin;
+  $("f-purpose").textContent = doc.purposeText;
+  $("f-title").textContent = doc.title;
+  $("f-digest").textContent = groupDigest(doc.sha256);
   $("f-holder").textContent = cert.subject.cn || card.holder_name;
   $("f-company").textContent = cert.subject.ou || card.company_name;
   const until = cert.not_after.slice(0, 10);
@@ -216,8 +275,8 @@ function renderSign({ pin, card, certs }) {
     warn.textContent = `此卡的证书将在 ${days} 天后到期，请尽快到电子口岸办理证书更新。`;
     warn.hidden = false;
   }
-  if (request.preview) {
-    $("preview").textContent = request.preview;
+  if (doc.preview) {
+    $("preview").textContent = doc.preview;
     $("preview-box").hidden = false;
   }
   if (pin.blocked) {
@@ -225,46 +284,48 @@ function renderSign({ pin, card, certs }) {
     return;
   }
   renderTries(pin);
-  setNeedPin(request.purpose === "login" || !pin.verified);
+  setNeedPin(doc.purpose === "login" || !pin.verified);
   show("sign");
 }
 
+/** @param {string} pin */
 function validPinFormat(pin) {
   return /^[\x21-\x7e]{6,16}$/.test(pin);
 }
 
 async function confirmSign() {
-  if (busy) return;
+  if (busy || !request) return;
   setError("");
   busy = true;
   updateConfirm();
   try {
     if (needPin) {
-      const input = $("pin");
+      const input = input$("pin");
       const pin = input.value;
       if (!validPinFormat(pin)) {
         setError("密码应为 6 至 16 位字母或数字，请重新输入（本次未消耗尝试次数）。");
         return;
       }
-      const confirmLast = !$("last-try").hidden && $("last-try-confirm").checked;
+      const confirmLast = !$("last-try").hidden && input$("last-try-confirm").checked;
       try {
         await agent.verifyPin(pin, confirmLast);
       } catch (err) {
         input.value = "";
-        if (err.code === "pin_incorrect") {
-          renderTries({ tries_left: err.details.tries_left });
-          $("last-try-confirm").checked = false;
-          setError(`密码错误，还可尝试 ${err.details.tries_left} 次。`);
+        const { code, details } = errorOf(err);
+        if (code === "pin_incorrect") {
+          renderTries({ tries_left: details.tries_left });
+          input$("last-try-confirm").checked = false;
+          setError(zhMessage(code, details));
           input.focus();
           return;
         }
-        if (err.code === "pin_tries_low") {
-          renderTries({ tries_left: err.details.tries_left });
+        if (code === "pin_tries_low") {
+          renderTries({ tries_left: details.tries_left });
           showLastTry();
           setError("请先阅读上面的提示，勾选“我确认使用最后一次机会”后再确认。");
           return;
         }
-        if (err.code === "pin_blocked") {
+        if (code === "pin_blocked") {
           show("blocked");
           return;
         }
@@ -282,7 +343,7 @@ async function confirmSign() {
         signature_format: "raw",
       });
     } catch (err) {
-      if (err.code === "session_required") {
+      if (errorOf(err).code === "session_required") {
         setNeedPin(true);
         const pin = await agent.pin().catch(() => null);
         if (pin) renderTries(pin);
@@ -292,16 +353,16 @@ async function confirmSign() {
       throw err;
     }
     show("done");
-    port.postMessage({ type: "done", id: requestId, result });
+    tell({ type: "done", id: requestId, result });
     setTimeout(() => window.close(), 700);
   } catch (err) {
-    const code = err instanceof AgentError ? err.code : "internal_error";
+    const { code, details } = errorOf(err);
     if (["card_removed", "card_missing", "card_changed", "card_reset"].includes(code)) {
       fatal(code === "card_changed" ? zhMessage(code) : PULLED_TEXT, "电子口岸卡已拔出");
       setTimeout(() => cancel(code), 2500);
       return;
     }
-    setError(zhMessage(code, err.details || {}));
+    setError(zhMessage(code, details));
   } finally {
     busy = false;
     updateConfirm();
@@ -310,7 +371,10 @@ async function confirmSign() {
 
 // --- wiring -------------------------------------------------------------------------------
 
-port.onMessage.addListener(async (msg) => {
+const wantKeypad = () =>
+  settings?.keypad === "on" || (settings?.keypad === "auto" && window.matchMedia("(pointer: coarse)").matches);
+
+port.onMessage.addListener(async (/** @type {DialogUpdate} */ msg) => {
   if (msg.type === "gone") {
     window.close();
     return;
@@ -324,27 +388,29 @@ port.onMessage.addListener(async (msg) => {
     }
     return;
   }
-  if (msg.type !== "request") return;
-  ({ kind, request, settings } = msg);
+  kind = msg.kind;
+  settings = msg.settings;
   startCountdown(settings.dialogTimeoutS || 180);
   if (wantKeypad()) toggleKeypad(true);
   try {
-    if (kind === "pair") {
+    if (msg.kind === "pair") {
       if (!(await getToken())) await pair();
       show("paired");
-      port.postMessage({ type: "done", id: requestId, result: { paired: true } });
+      tell({ type: "done", id: requestId, result: { paired: true } });
       setTimeout(() => window.close(), 700);
       return;
     }
+    request = /** @type {SignRequest} */ (msg.request);
     if (!(await getToken())) await pair();
-    renderSign(await loadCard());
+    renderSign(request, await loadCard());
   } catch (err) {
-    fatal(zhMessage(err.code || "internal_error", err.details || {}));
+    const { code, details } = errorOf(err);
+    fatal(zhMessage(code, details));
   }
 });
 
-port.postMessage({ type: "get", id: requestId });
-setInterval(() => port.postMessage({ type: "ping", id: requestId }), 10000);
+tell({ type: "get", id: requestId });
+setInterval(() => tell({ type: "ping", id: requestId }), 10000);
 
 $("confirm").addEventListener("click", confirmSign);
 $("cancel").addEventListener("click", () => cancel());
@@ -354,5 +420,3 @@ $("pin").addEventListener("keydown", (e) => {
 });
 $("last-try-confirm").addEventListener("change", updateConfirm);
 $("keypad-toggle").addEventListener("click", () => toggleKeypad($("keypad").hidden));
-const wantKeypad = () =>
-  settings.keypad === "on" || (settings.keypad === "auto" && window.matchMedia("(pointer: coarse)").matches);

@@ -1,8 +1,17 @@
+// @ts-check
 // Toolbar popup for kiosk staff: is the agent reachable, is a card in, are we paired.
-import { agent, clearToken, getToken } from "../lib/agent.js";
+import { AgentError, agent, clearToken, getToken } from "../lib/agent.js";
 import { zhMessage } from "../lib/messages.js";
 
-const $ = (id) => document.getElementById(id);
+/**
+ * @param {string} id
+ * @returns {HTMLElement}
+ */
+function $(id) {
+  const el = document.getElementById(id);
+  if (!el) throw new Error(`popup.html has no #${id}`);
+  return el;
+}
 $("version").textContent = `版本 ${chrome.runtime.getManifest().version} · ${chrome.runtime.id}`;
 
 async function refresh() {
@@ -12,13 +21,15 @@ async function refresh() {
     $("agent").textContent = `运行中（${status.version}）`;
     $("card").textContent = status.card_present ? "已插入" : status.reader_present ? "未插卡" : "无读卡器";
   } catch (err) {
-    $("agent").textContent = zhMessage(err.code);
+    $("agent").textContent = zhMessage(err instanceof AgentError ? err.code : "internal_error");
   }
 }
 
 $("repair").addEventListener("click", async () => {
   await clearToken();
-  await chrome.runtime.sendMessage({ type: "pair" });
+  /** @type {import("../lib/wire.js").PopupMessage} */
+  const message = { type: "pair" };
+  await chrome.runtime.sendMessage(message);
   window.close();
 });
 refresh();

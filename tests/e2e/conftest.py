@@ -86,12 +86,15 @@ def free_port() -> int:
 class ServerThread:
     """uvicorn serving an ASGI app from a background thread."""
 
-    def __init__(self, app: Any, port: int) -> None:
+    def __init__(self, app: Any, port: int, **config: Any) -> None:
+        """`config`: more uvicorn.Config arguments (e.g. ssl_certfile, ssl_keyfile)."""
         import uvicorn
 
         self.port = port
         self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+            uvicorn.Config(
+                app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **config
+            )
         )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -172,6 +175,11 @@ class AgentHandle:
 
             card = SimulatedCard.create(profile)
         self.runtime.backend.insert_card(card)
+
+    def sim_card(self) -> Any:
+        """The software card behind the agent (simulator.card_os.SimulatedCard): in
+        process here, behind vpcd in the PC/SC variant."""
+        return self.runtime.backend.card
 
     def audit_records(self) -> list[dict[str, Any]]:
         import json

@@ -21,13 +21,21 @@ from simulator.vpcd import VpcdLink
 from tests.e2e.conftest import AgentHandle, ServerThread
 from tests.e2e.test_bridge import test_whole_flow_through_the_bridge
 from tests.e2e.test_card_pulled import test_card_pulled_mid_flow
+from tests.e2e.test_first_page import (
+    kiosk_prerequisites,
+    site,
+    test_first_page_after_start_is_bridged,
+)
 from tests.e2e.test_practice_flow import test_whole_practice_flow
 from tests.pcscd_support import PcscCard, ReaderWatch, plugged_card
 
 pytestmark = [pytest.mark.e2e, pytest.mark.pcsc]
 
 __all__ = [
+    "kiosk_prerequisites",  # fixtures of the first-page test
+    "site",
     "test_card_pulled_mid_flow",
+    "test_first_page_after_start_is_bridged",
     "test_whole_flow_through_the_bridge",
     "test_whole_practice_flow",
 ]
@@ -36,6 +44,10 @@ __all__ = [
 @dataclass
 class PcscAgentHandle(AgentHandle):
     vpcd: PcscCard | None = None
+
+    def sim_card(self) -> Any:
+        assert self.vpcd is not None
+        return self.vpcd.card
 
     def pull_card(self) -> None:
         assert self.vpcd is not None
