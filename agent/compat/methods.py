@@ -43,43 +43,44 @@ ERR_INSERT_CARD = "Err:Custom51590"  # pages: "请插入IC卡或者Key"
 ERR_OPEN_READER = "Err:Custom50200"  # open reader failed; pages treat it like 51590
 AGENT_CODE_PREFIX = "Err:CardAgent."  # ours: no page reacts to these by code
 
-_OFFICIAL: dict[str, str] = {
-    "invalid_input": ERR_BAD_ARGS,
-    "payload_too_large": ERR_BAD_ARGS,
-    "pin_format": ERR_BAD_ARGS,  # refused before VERIFY: no try spent
-    "card_missing": ERR_INSERT_CARD,
-    "card_removed": ERR_INSERT_CARD,
-    "reader_missing": ERR_OPEN_READER,
-    "reader_service_down": ERR_OPEN_READER,
-    "reader_busy": ERR_OPEN_READER,
+_OFFICIAL: dict[ErrorCode, str] = {
+    ErrorCode.INVALID_INPUT: ERR_BAD_ARGS,
+    ErrorCode.PAYLOAD_TOO_LARGE: ERR_BAD_ARGS,
+    ErrorCode.PIN_FORMAT: ERR_BAD_ARGS,  # refused before VERIFY: no try spent
+    ErrorCode.CARD_MISSING: ERR_INSERT_CARD,
+    ErrorCode.CARD_REMOVED: ERR_INSERT_CARD,
+    ErrorCode.READER_MISSING: ERR_OPEN_READER,
+    ErrorCode.READER_SERVICE_DOWN: ERR_OPEN_READER,
+    ErrorCode.READER_BUSY: ERR_OPEN_READER,
 }
 
 # Messages for people at a Chinese kiosk; `{n}` is details["tries_left"].
-_MESSAGES: dict[str, str] = {
-    "card_missing": "请插入IC卡或者Key",
-    "card_removed": "IC卡已拔出，请重新插入IC卡或者Key",
-    "reader_missing": "未检测到读卡器，请连接读卡器并插入IC卡",
-    "reader_service_down": "读卡器服务未运行，请联系工作人员",
-    "reader_busy": "读卡器正被其他程序使用，请稍后重试",
-    "card_reset": "IC卡已复位，请重新操作",
-    "card_changed": "读卡器中的IC卡已更换，请重新验证密码",
-    "card_timeout": "IC卡无响应，请重新插卡后重试",
-    "card_io_error": "与IC卡通讯失败，请重新插卡后重试",
-    "unsupported_card": "本机不支持此IC卡",
-    "card_error": "IC卡拒绝了此操作",
-    "pin_incorrect": "IC卡密码错误，还可以尝试{n}次",
-    "pin_tries_low": (
+_MESSAGES: dict[ErrorCode, str] = {
+    ErrorCode.CARD_MISSING: "请插入IC卡或者Key",
+    ErrorCode.CARD_REMOVED: "IC卡已拔出，请重新插入IC卡或者Key",
+    ErrorCode.READER_MISSING: "未检测到读卡器，请连接读卡器并插入IC卡",
+    ErrorCode.READER_SERVICE_DOWN: "读卡器服务未运行，请联系工作人员",
+    ErrorCode.READER_BUSY: "读卡器正被其他程序使用，请稍后重试",
+    ErrorCode.CARD_RESET: "IC卡已复位，请重新操作",
+    ErrorCode.CARD_CHANGED: "读卡器中的IC卡已更换，请重新验证密码",
+    ErrorCode.CARD_TIMEOUT: "IC卡无响应，请重新插卡后重试",
+    ErrorCode.CARD_IO_ERROR: "与IC卡通讯失败，请重新插卡后重试",
+    ErrorCode.UNSUPPORTED_CARD: "本机不支持此IC卡",
+    ErrorCode.CARD_ERROR: "IC卡拒绝了此操作",
+    ErrorCode.PIN_INCORRECT: "IC卡密码错误，还可以尝试{n}次",
+    ErrorCode.PIN_TRIES_LOW: (
         "IC卡密码只剩{n}次尝试机会。为防止锁卡，本机不会在网页上使用最后的尝试机会，请联系工作人员"
     ),
-    "pin_blocked": "IC卡密码已锁定，请联系发卡机构解锁",
-    "pin_format": "IC卡密码格式不正确(应为6至16位字母、数字或符号)",
-    "session_required": "请先验证IC卡密码",
-    "busy": "读卡器正忙，请稍后重试",
-    "timeout": "IC卡操作超时，请重试",
-    "signature_invalid": "签名验证未通过",
-    "payload_too_large": "数据过大",
-    "not_found": "本机不支持此功能",
-    "internal_error": "内部错误，请重试",
+    ErrorCode.PIN_BLOCKED: "IC卡密码已锁定，请联系发卡机构解锁",
+    ErrorCode.PIN_FORMAT: "IC卡密码格式不正确(应为6至16位字母、数字或符号)",
+    ErrorCode.SESSION_REQUIRED: "请先验证IC卡密码",
+    ErrorCode.BUSY: "读卡器正忙，请稍后重试",
+    ErrorCode.TIMEOUT: "IC卡操作超时，请重试",
+    ErrorCode.SIGNATURE_INVALID: "签名验证未通过",
+    ErrorCode.AUDIT_UNAVAILABLE: "本机无法记录签名日志，未返回签名，请联系工作人员",
+    ErrorCode.PAYLOAD_TOO_LARGE: "数据过大",
+    ErrorCode.NOT_FOUND: "本机不支持此功能",
+    ErrorCode.INTERNAL_ERROR: "内部错误，请重试",
 }
 
 
@@ -87,7 +88,7 @@ def compat_error(wire: WireError) -> ErrorPair:
     """`[message, "Err:..."]` for a wire error. `invalid_input` keeps its own message
     (ours, written for the page's developer); the others get the kiosk wording."""
     code = _OFFICIAL.get(wire.code, AGENT_CODE_PREFIX + wire.code)
-    if wire.code == "invalid_input":
+    if wire.code is ErrorCode.INVALID_INPUT:
         return wire.message, code
     template = _MESSAGES.get(wire.code, "操作失败")
     return template.format(n=wire.details.get("tries_left", "?")), code

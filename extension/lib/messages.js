@@ -44,6 +44,7 @@ export const ERROR_TEXTS = Object.freeze({
   unsupported_card: "这不是可用的电子口岸卡。",
   card_error: "卡片拒绝了此操作。",
   signature_invalid: "卡片生成的签名无法通过校验，未签署任何内容。请联系工作人员。",
+  audit_unavailable: "本机无法记录签名日志，为安全起见未返回签名。请联系工作人员。",
   pairing_error: "配对失败，请重试。",
   internal_error: "发生内部错误，请联系工作人员。",
 });

@@ -47,6 +47,6 @@ def test_messages_carry_tries_left() -> None:
 
 def test_invalid_input_keeps_its_own_message() -> None:
     message, code = compat_error(
-        WireError("invalid_input", 422, "args中必须包含非空的字符串参数inData")
+        WireError(ErrorCode.INVALID_INPUT, 422, "args中必须包含非空的字符串参数inData")
     )
     assert (message, code) == ("args中必须包含非空的字符串参数inData", "Err:Base50000")
