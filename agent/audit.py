@@ -42,7 +42,7 @@ __all__ = [
     "verify_audit_log",
 ]
 
-log = logging.getLogger("card_agent.audit")
+log = logging.getLogger(__name__)
 
 ZERO_HASH = "0" * 64
 # Records are small (titles, digests, ids). A cap keeps a garbage line from costing

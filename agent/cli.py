@@ -851,7 +851,7 @@ def config_check(config_path: Path | None, as_json: bool) -> None:
 
 def _register_practice() -> None:
     # The practice Single Window (training mode) lives in its own package.
-    from agent.practice.cli import practice_command
+    from practice.cli import practice_command
 
     main.add_command(practice_command)
 

@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-log = logging.getLogger("card_agent.listener")
+log = logging.getLogger(__name__)
 
 # Open files kept free for what is not a client connection: pcscd sockets, the audit
 # log, the telemetry outbox, the broker, the compat endpoint's own listener, imports.

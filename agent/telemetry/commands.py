@@ -21,7 +21,7 @@ from typing import Any
 
 from agent.telemetry.payloads import SCHEMA_VERSION, now_iso, sanitize
 
-log = logging.getLogger("card_agent.telemetry")
+log = logging.getLogger(__name__)
 
 SelftestHook = Callable[[], Awaitable[Mapping[str, Any]]]
 

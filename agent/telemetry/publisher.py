@@ -51,8 +51,8 @@ from agent.telemetry.payloads import (
     topic,
 )
 
-log = logging.getLogger("card_agent.telemetry")
-_mqtt_log = logging.getLogger("card_agent.telemetry.mqtt")
+log = logging.getLogger(__name__)
+_mqtt_log = logging.getLogger(f"{__name__}.mqtt")
 
 DEFAULT_PUBLISH_WINDOW = 64
 _WRITE_BATCH = 1000

@@ -220,7 +220,7 @@ def practice_read_seconds() -> float:
 
 @pytest.fixture
 def practice(practice_read_seconds: float) -> Iterator[PracticeHandle]:
-    from agent.practice.app import create_practice_app
+    from practice.app import create_practice_app
 
     port = free_port()
     app = create_practice_app(read_seconds=practice_read_seconds, approval_delay_s=0.5)

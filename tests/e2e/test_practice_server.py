@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from agent.practice.app import create_practice_app
 from card.crypto.certs import certificate_to_pem
 from card.eport.driver import CertSlot
 from card.eport.session import EPortSession
+from practice.app import create_practice_app
 from simulator.card_os import SimulatedCard
 from simulator.inprocess import InProcessTransport
 from simulator.profiles import get_profile

@@ -126,7 +126,7 @@ def _handler(hook: Any = None) -> CommandHandler:
 def test_commands_outside_the_allowlist_are_refused(
     request_: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="card_agent.telemetry")
+    caplog.set_level(logging.INFO, logger="agent.telemetry")
     handler = _handler()
     response = asyncio.run(handler.handle(json.dumps(request_).encode()))
     assert response["ok"] is False

@@ -194,7 +194,7 @@ def test_remote_commands(
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="card_agent")
+    caplog.set_level(logging.INFO, logger="agent")
     sub = collect(broker.port)
     cmd_topic = f"card-agent/v1/{KIOSK}/cmd"
 

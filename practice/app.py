@@ -19,9 +19,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agent.practice.documents import SIGNED_STEPS, STEP_BY_KEY, render, seal_svg
-from agent.practice.state import SignatureRecord, Visit, VisitStore
-from agent.practice.verify import decode_signature, verify_signature
 from card.crypto.certs import (
     CertificateInfo,
     certificate_from_pem,
@@ -30,11 +27,14 @@ from card.crypto.certs import (
     parse_certificate,
 )
 from card.errors import CardError
+from practice.documents import SIGNED_STEPS, STEP_BY_KEY, render, seal_svg
+from practice.state import SignatureRecord, Visit, VisitStore
+from practice.verify import decode_signature, verify_signature
 
 COOKIE = "practice_visit"
 OFFICIAL_CLIENT_URL = "ws://127.0.0.1:61232"
 CERT_WARN_DAYS = 30
-STATIC_DIR = resources.files("agent.practice") / "static"
+STATIC_DIR = resources.files("practice") / "static"
 
 _MOBILE_RE = re.compile(r"1[3-9][0-9]{9}")
 _EMAIL_RE = re.compile(r"[A-Za-z0-9.]+@[A-Za-z0-9]+(\.[A-Za-z0-9]+)*\.[A-Za-z]{2,}")

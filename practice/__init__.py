@@ -6,6 +6,6 @@ training mode for kiosk staff. It holds no secrets: every signature is verified 
 against the certificate the card presented at login, and listed at the end.
 """
 
-from agent.practice.cli import practice_command
+from practice.cli import practice_command
 
 __all__ = ["practice_command"]

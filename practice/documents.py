@@ -9,7 +9,7 @@ import html
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from agent.practice.state import Visit
+from practice.state import Visit
 
 
 @dataclass(frozen=True)

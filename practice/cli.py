@@ -41,7 +41,7 @@ def practice_command(host: str, port: int, read_seconds: float, log_level: str) 
     """
     import uvicorn
 
-    from agent.practice.app import create_practice_app
+    from practice.app import create_practice_app
 
     app = create_practice_app(read_seconds=read_seconds)
     shown = "localhost" if host in ("127.0.0.1", "localhost") else host
