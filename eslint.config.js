@@ -46,6 +46,11 @@ export default [
     rules: { "no-var": "off" },
   },
   {
+    // The practice Single Window's page scripts (practice/static).
+    files: ["practice/static/**/*.js"],
+    languageOptions: { ecmaVersion: 2025, sourceType: "module", globals: { ...globals.browser } },
+  },
+  {
     files: ["tests/js/**/*.js", "eslint.config.js"],
     languageOptions: { ecmaVersion: 2025, sourceType: "module", globals: { ...globals.node } },
   },

@@ -43,6 +43,45 @@ class BackendEvent:
     atr: bytes | None = None
 
 
+class BackendEventQueue:
+    """Events waiting for the owner thread's next `poll_events`, with `CardBackend`'s
+    wake-up contract: `push`, `wake` and `close` from any thread; `wait` (the owner
+    thread) blocks up to a timeout until there is an event, a wake-up or the close."""
+
+    def __init__(self, initial: tuple[BackendEvent, ...] = ()) -> None:
+        self._cond = threading.Condition()
+        self._events: deque[BackendEvent] = deque(initial)
+        self._woken = False
+        self._closed = False
+
+    def push(self, *events: BackendEvent) -> None:
+        with self._cond:
+            self._events.extend(events)
+            self._cond.notify_all()
+
+    def wake(self) -> None:
+        with self._cond:
+            self._woken = True
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def wait(self, timeout_s: float) -> list[BackendEvent]:
+        """What arrived (maybe nothing: woken, closed, or the timeout)."""
+        with self._cond:
+            self._cond.wait_for(
+                lambda: bool(self._events) or self._woken or self._closed,
+                timeout=max(0.0, timeout_s),
+            )
+            events = list(self._events)
+            self._events.clear()
+            self._woken = False
+            return events
+
+
 class CardBackend(Protocol):
     def open_driver(self) -> CardDriver:
         """Connect to the card and open a driver on it.
@@ -106,24 +145,22 @@ class SimulatedBackend:
         self.reader_name = reader_name
         self._open_session = open_session
         self._transport = InProcessTransport(card)
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()  # card presence, and the transport with it
         self._present = True
-        self._woken = False
-        self._closed = False
-        self._events: deque[BackendEvent] = deque(
-            [
+        self._events = BackendEventQueue(
+            (
                 BackendEvent("reader_added", reader_name),
                 BackendEvent("card_inserted", reader_name, card.atr),
-            ]
+            )
         )
 
     @property
     def card_present(self) -> bool:
-        with self._cond:
+        with self._lock:
             return self._present
 
     def open_driver(self) -> CardDriver:
-        with self._cond:
+        with self._lock:
             present = self._present
         if not present:
             raise CardMissing(f"no card in {self.reader_name}")
@@ -135,47 +172,34 @@ class SimulatedBackend:
         pass  # the session holds nothing but the shared transport
 
     def poll_events(self, timeout_s: float) -> list[BackendEvent]:
-        with self._cond:
-            self._cond.wait_for(
-                lambda: bool(self._events) or self._woken or self._closed,
-                timeout=max(0.0, timeout_s),
-            )
-            events = list(self._events)
-            self._events.clear()
-            self._woken = False
-            return events
+        return self._events.wait(timeout_s)
 
     def wake(self) -> None:
-        with self._cond:
-            self._woken = True
-            self._cond.notify_all()
+        self._events.wake()
 
     def pull_card(self) -> None:
         """Take the card out of the reader (no-op when it is already out)."""
-        with self._cond:
+        with self._lock:
             if not self._present:
                 return
             self._present = False
             self._transport.remove()
-            self._events.append(BackendEvent("card_removed", self.reader_name))
-            self._cond.notify_all()
+            # Under the lock: a pull and an insert from two threads report in order.
+            self._events.push(BackendEvent("card_removed", self.reader_name))
 
     def insert_card(self, card: VirtualCard | None = None) -> None:
         """Put the card back, or another card (no-op when a card is in)."""
-        with self._cond:
+        with self._lock:
             if self._present:
                 return
             self._transport.insert(card)
             if card is not None:
                 self.card = card
             self._present = True
-            self._events.append(BackendEvent("card_inserted", self.reader_name, self.card.atr))
-            self._cond.notify_all()
+            self._events.push(BackendEvent("card_inserted", self.reader_name, self.card.atr))
 
     def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
+        self._events.close()
         self._transport.close()
 
 

@@ -444,7 +444,9 @@ guard($("submit-btn"), async () => {
   showStep("result");
   $("result-pending").hidden = false;
   $("result-approved").hidden = true;
-  await new Promise((resolve) => setTimeout(resolve, state.config.approval_delay_s * 1000));
+  await new Promise((resolve) => {
+    setTimeout(resolve, state.config.approval_delay_s * 1000);
+  });
   const result = await api("/api/result");
   if (result.status !== "approved") throw new PracticeError("not_approved", "投保申请尚未审核通过。");
   const doc = await api("/api/document/receipt");

@@ -10,7 +10,7 @@ on the PC/SC backend with the same software card behind pcscd + vpcd.
 The listening socket is bound before the server starts (port 0), so the port in the
 Host allowlist is the one the server really listens on, with no race for a free port.
 
-The agent's logs (`card`, `card.apdu`, `card_agent`, `agent`, `simulator`, `uvicorn`)
+The agent's logs (`card`, `agent`, `simulator`, `uvicorn`)
 go to `agent.log_path` at DEBUG; every response a helper client receives is kept in
 `agent.bodies`, so leak tests can grep both.
 """
@@ -21,13 +21,11 @@ import base64
 import contextlib
 import itertools
 import json
-import logging
 import os
 import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,7 +34,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 import websockets
 from websockets.asyncio.client import connect as ws_client
 from websockets.typing import Origin
@@ -45,17 +42,14 @@ from agent.config import CardConfig, Config, PathsConfig, SecurityConfig, Server
 from agent.pairing import PairingStore
 from agent.runtime import Runtime, audit_path, build_runtime, pairing_path
 from tests.pcscd_support import BACKENDS, CardHandle, PcscCard, plugged_card
+from tests.support.constants import CARD_PIN, ORIGIN, OTHER_ORIGIN, UNLISTED_ORIGIN
+from tests.support.logs import captured_logs
+from tests.support.server import ServerThread, loopback_socket
 
-# Extension ids are 32 letters a-p.
-ORIGIN = "chrome-extension://" + "abcdefghijklmnop" * 2
-OTHER_ORIGIN = "chrome-extension://" + "ponmlkjihgfedcba" * 2
-UNLISTED_ORIGIN = "chrome-extension://" + "aaaabbbbccccddddeeeeffffgggghhhh"
-CARD_PIN = "88888888"  # the simulated card's PIN (all profiles but rsa2048)
+__all__ = ["CARD_PIN", "ORIGIN", "OTHER_ORIGIN", "UNLISTED_ORIGIN"]
 
 CARD_AGENT = Path(sys.executable).with_name("card-agent")
-LOGGERS = ("card", "card.apdu", "card_agent", "agent", "simulator", "uvicorn")
 START_TIMEOUT_S = 10.0
-STOP_TIMEOUT_S = 10.0
 # httpx builds an SSL context per client unless given one (~20 ms each): share one.
 # trust_env=False: no proxy from the environment between the tests and 127.0.0.1.
 _TLS = ssl.create_default_context()
@@ -346,38 +340,7 @@ def raw_json(response: bytes) -> Any:
     return json.loads(response.partition(b"\r\n\r\n")[2])
 
 
-# --- logs ------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def captured_logs(path: Path) -> Iterator[None]:
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setLevel(logging.DEBUG)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    saved = {name: logging.getLogger(name).level for name in LOGGERS}
-    for name in LOGGERS:
-        logging.getLogger(name).setLevel(logging.DEBUG)
-    root.addHandler(handler)  # named loggers propagate to it whatever the root's level
-    try:
-        yield
-    finally:
-        root.removeHandler(handler)
-        handler.close()
-        for name, level in saved.items():
-            logging.getLogger(name).setLevel(level)
-
-
 # --- server ------------------------------------------------------------------------------
-
-
-def _loopback_socket() -> socket.socket:
-    # proto=IPPROTO_TCP, as getaddrinfo would give: asyncio sets TCP_NODELAY on accepted
-    # sockets only then (with proto 0 every keep-alive response waits ~40 ms for an ACK).
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
 
 
 @contextlib.contextmanager
@@ -393,7 +356,7 @@ def running_agent(
     its profile and timing)."""
     root.mkdir(parents=True, exist_ok=True)
     log_path = root / "agent.log"
-    sock = _loopback_socket()
+    sock = loopback_socket()
     port = sock.getsockname()[1]
     card_settings = {"backend": "simulated", "sim_state_file": "", **(card or {})}
     if pcsc is not None:
@@ -410,39 +373,15 @@ def running_agent(
     )
     with captured_logs(log_path):
         runtime = build_runtime(config)
-        server = uvicorn.Server(
-            uvicorn.Config(
-                runtime.app,
-                log_config=None,  # leave logging alone: our handler captures it
-                log_level=None,
-                access_log=False,
-                server_header=False,
-                lifespan="on",
-                timeout_graceful_shutdown=3,
-            )
-        )
-        thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, name=f"uvicorn-{port}", daemon=True
-        )
-        thread.start()
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                sock.close()
-                raise RuntimeError(f"agent did not start; see {log_path}")
-            time.sleep(0.005)
-        agent = Agent(runtime, port, root, log_path, vpcd=pcsc)
-        agent.watch_card()
-        if pcsc is not None:  # the owner thread sees the card at its first reader poll
-            assert agent.wait_for(agent.card_present, timeout=START_TIMEOUT_S)
         try:
-            yield agent
+            with ServerThread(runtime.app, sock):
+                agent = Agent(runtime, port, root, log_path, vpcd=pcsc)
+                agent.watch_card()
+                if pcsc is not None:  # the owner thread sees the card at its first poll
+                    assert agent.wait_for(agent.card_present, timeout=START_TIMEOUT_S)
+                yield agent
         finally:
-            server.should_exit = True
-            thread.join(STOP_TIMEOUT_S)
-            sock.close()
-            runtime.audit.close()
-            assert not thread.is_alive(), "uvicorn did not stop"
+            runtime.audit.close()  # after the server stopped: its shutdown may still audit
 
 
 @pytest.fixture(params=BACKENDS)

@@ -11,10 +11,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import logging
 import socket
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Origin
 
@@ -33,14 +30,16 @@ from agent.runtime import Runtime, audit_path
 from card.crypto.certs import certificate_to_pem
 from card.crypto.sm2 import raw_to_der
 from tests.pcscd_support import CardHandle, PcscCard
+from tests.support.audit import audit_records, signatures
+from tests.support.constants import CARD_PIN, SW_ORIGIN
+from tests.support.logs import captured_logs
+from tests.support.server import ServerThread, loopback_socket
 
-SW_ORIGIN = "https://app.singlewindow.cn"
+__all__ = ["CARD_PIN", "SW_ORIGIN", "loopback_socket"]
+
 PRACTICE_ORIGIN = "http://127.0.0.1:8080"  # configured exactly in the default test config
-CARD_PIN = "88888888"  # the simulated card's PIN (all profiles but rsa2048)
 START_TIMEOUT_S = 10.0
-STOP_TIMEOUT_S = 15.0
 RECV_TIMEOUT_S = 30.0
-LOGGERS = ("card", "card.apdu", "card_agent", "agent", "simulator", "uvicorn")
 
 
 def make_config(
@@ -69,14 +68,6 @@ def make_config(
     )
 
 
-def loopback_socket() -> socket.socket:
-    """Bound before the server starts, so its port can go into the config."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
 @dataclass
 class CompatAgent(CardHandle):
     runtime: Runtime = field(repr=False)
@@ -98,22 +89,11 @@ class CompatAgent(CardHandle):
         return CompatClient(self.url, origin)
 
     def audit_records(self) -> list[dict[str, Any]]:
-        # Outcome records follow the answer by a moment (the audit writer thread).
-        assert self.runtime.audit.flush(10)
-        path = audit_path(self.runtime.config)
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+        return audit_records(audit_path(self.runtime.config), self.runtime.audit)
 
     def signatures(self) -> list[dict[str, Any]]:
         """Each signature's request record merged with its outcome record, in order."""
-        records = self.audit_records()
-        requests = {r["id"]: r for r in records if r["event"] == "sign_request"}
-        return [
-            {**requests[r["request"]], **r}
-            for r in records
-            if r["event"] == "sign" and r["request"] in requests
-        ]
+        return signatures(self.audit_records())
 
     def wait_for(self, condition: Any, timeout: float = 10.0) -> bool:
         deadline = time.monotonic() + timeout
@@ -122,25 +102,6 @@ class CompatAgent(CardHandle):
                 return True
             time.sleep(0.01)
         return bool(condition())
-
-
-@contextlib.contextmanager
-def captured_logs(path: Path) -> Iterator[None]:
-    """Everything the agent logs, at DEBUG, into `path` (leak checks grep it)."""
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setLevel(logging.DEBUG)
-    root = logging.getLogger()
-    saved = {name: logging.getLogger(name).level for name in LOGGERS}
-    for name in LOGGERS:
-        logging.getLogger(name).setLevel(logging.DEBUG)
-    root.addHandler(handler)
-    try:
-        yield
-    finally:
-        root.removeHandler(handler)
-        handler.close()
-        for name, level in saved.items():
-            logging.getLogger(name).setLevel(level)
 
 
 @contextlib.contextmanager
@@ -154,43 +115,18 @@ def serve(
     """Run the main app (its lifespan starts the card owner, the service and the
     CompatServer) until the block ends."""
     logs = captured_logs(log_path) if log_path is not None else contextlib.nullcontext()
-    with logs:
-        server = uvicorn.Server(
-            uvicorn.Config(
-                runtime.app,
-                log_config=None,
-                log_level=None,
-                access_log=False,
-                lifespan="on",
-                timeout_graceful_shutdown=3,
-            )
-        )
-        api_port = sock.getsockname()[1]
-        thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, name=f"agent-{api_port}", daemon=True
-        )
-        thread.start()
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                sock.close()
-                raise RuntimeError("agent did not start")
-            time.sleep(0.005)
-        compat = next(c for c in runtime.components if isinstance(c, CompatServer))
-        try:
-            agent = CompatAgent(runtime, api_port, compat, log_path, vpcd)
+    try:
+        with logs, ServerThread(runtime.app, sock) as server:
+            compat = next(c for c in runtime.components if isinstance(c, CompatServer))
+            agent = CompatAgent(runtime, server.port, compat, log_path, vpcd)
             if vpcd is not None:  # the owner thread sees the card at its first reader poll
                 deadline = time.monotonic() + START_TIMEOUT_S
-                while not runtime.owner.state.card_present:
+                while not runtime.service.card_state.card_present:
                     assert time.monotonic() < deadline, "the agent never saw the card"
                     time.sleep(0.01)
             yield agent
-        finally:
-            server.should_exit = True
-            thread.join(STOP_TIMEOUT_S)
-            sock.close()
-            runtime.audit.close()
-            assert not thread.is_alive(), "the agent did not stop"
+    finally:
+        runtime.audit.close()  # after the server stopped: its shutdown may still audit
 
 
 # --- a page-like client ----------------------------------------------------------------

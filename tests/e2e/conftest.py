@@ -24,7 +24,6 @@ import re
 import shutil
 import socket
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,6 +34,8 @@ import pytest
 
 from agent.config import Config
 from agent.pairing import PairingStore
+from tests.support.audit import audit_records, signatures
+from tests.support.server import ServerThread
 
 ROOT = Path(__file__).resolve().parents[2]
 EXTENSION_DIR = ROOT / "extension"
@@ -81,35 +82,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-class ServerThread:
-    """uvicorn serving an ASGI app from a background thread."""
-
-    def __init__(self, app: Any, port: int, **config: Any) -> None:
-        """`config`: more uvicorn.Config arguments (e.g. ssl_certfile, ssl_keyfile)."""
-        import uvicorn
-
-        self.port = port
-        self.server = uvicorn.Server(
-            uvicorn.Config(
-                app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **config
-            )
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> ServerThread:
-        self.thread.start()
-        deadline = time.monotonic() + 15
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"server on port {self.port} did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=15)
 
 
 # --- the agent -------------------------------------------------------------------------
@@ -182,14 +154,13 @@ class AgentHandle:
         return self.runtime.backend.card
 
     def audit_records(self) -> list[dict[str, Any]]:
-        import json
-
         from agent.runtime import audit_path
 
-        path = audit_path(self.config)
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return audit_records(audit_path(self.config), self.runtime.audit)
+
+    def signatures(self) -> list[dict[str, Any]]:
+        """Each signature as one record: its request merged with its outcome."""
+        return signatures(self.audit_records())
 
 
 @pytest.fixture
@@ -197,7 +168,7 @@ def agent(agent_config: Config) -> Iterator[AgentHandle]:
     from agent.runtime import build_runtime
 
     runtime = build_runtime(agent_config)
-    with ServerThread(runtime.app, agent_config.server.port):
+    with ServerThread.on_port(runtime.app, agent_config.server.port):
         yield AgentHandle(agent_config, runtime)
 
 
@@ -224,7 +195,7 @@ def practice(practice_read_seconds: float) -> Iterator[PracticeHandle]:
 
     port = free_port()
     app = create_practice_app(read_seconds=practice_read_seconds, approval_delay_s=0.5)
-    with ServerThread(app, port):
+    with ServerThread.on_port(app, port):
         yield PracticeHandle(port)
 
 
@@ -270,7 +241,7 @@ def _integrator_app(frame_url: str) -> Any:
     from starlette.responses import FileResponse, HTMLResponse
     from starlette.routing import Route
 
-    client_js = ROOT / "agent" / "practice" / "static" / "card-agent-client.js"
+    client_js = ROOT / "practice" / "static" / "card-agent-client.js"
 
     async def host(_: Any) -> HTMLResponse:
         return HTMLResponse(HOST_PAGE.replace("FRAME_URL", frame_url))
@@ -294,7 +265,7 @@ def _integrator_app(frame_url: str) -> Any:
 def integrator() -> Iterator[IntegratorHandle]:
     handle = IntegratorHandle(free_port(), free_port())
     app = _integrator_app(f"{handle.frame_origin}/frame")
-    with ServerThread(app, handle.host_port), ServerThread(app, handle.frame_port):
+    with ServerThread.on_port(app, handle.host_port), ServerThread.on_port(app, handle.frame_port):
         yield handle
 
 

@@ -37,7 +37,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.e2e.conftest import CHROMIUM, PIN, ServerThread, free_port
+from tests.e2e.conftest import CHROMIUM, PIN, free_port
+from tests.support.server import ServerThread
 
 SITE_DIR = Path(__file__).resolve().parent / "singlewindow"
 SINGLE_WINDOW_HOST = "www.singlewindow.cn"
@@ -151,9 +152,7 @@ class SingleWindowSite:
 def single_window_site(directory: Path) -> Iterator[SingleWindowSite]:
     cert, key = make_certificate(directory, [SINGLE_WINDOW_HOST, OFFICIAL_CLIENT_HOST])
     site = SingleWindowSite(free_port(), cert, key)
-    with ServerThread(
-        site.app(), site.port, ssl_certfile=str(cert), ssl_keyfile=str(key), server_header=False
-    ):
+    with ServerThread.on_port(site.app(), site.port, ssl_certfile=str(cert), ssl_keyfile=str(key)):
         yield site
 
 

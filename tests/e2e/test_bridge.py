@@ -31,7 +31,7 @@ def test_whole_flow_through_the_bridge(
     check_signatures(summary)
     # The endpoint saw the extension (not the page) on the socket, and the bridge named
     # the page in each signature's title for the audit log.
-    signs = [a for a in agent.audit_records() if a["event"] == "sign" and a["result"] == "ok"]
+    signs = [a for a in agent.signatures() if a["result"] == "ok"]
     assert len(signs) == 7
     assert {a["origin"] for a in signs} == {EXTENSION_ORIGIN}
     assert signs[0]["purpose"] == "login"

@@ -110,7 +110,7 @@ def test_first_page_after_start_is_bridged(
     assert report["connects"] == 1, report
     check_first_call(report, agent)
     # The endpoint saw the extension on the socket; the bridge named the page.
-    signs = [a for a in agent.audit_records() if a["event"] == "sign" and a["result"] == "ok"]
+    signs = [a for a in agent.signatures() if a["result"] == "ok"]
     assert len(signs) == 1
     assert signs[0]["origin"] == EXTENSION_ORIGIN
     assert signs[0]["purpose"] == "login"
@@ -197,4 +197,4 @@ def test_unbridged_single_window_origin_keeps_the_native_socket(
     assert report.get("cardId") == OfficialClientStandIn.CARD_ID, report  # ... and stood aside
     assert report["error"] == ["stand-in", "Err:Custom51590"]
     assert official.origins == ["https://www.singlewindow.cn"]  # the page itself, not the extension
-    assert [a for a in agent.audit_records() if a["event"] == "sign"] == []
+    assert agent.signatures() == []

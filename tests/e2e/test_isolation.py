@@ -34,7 +34,7 @@ def kiosk_settings(
 def nothing_happened(kiosk: Kiosk, agent: AgentHandle) -> None:
     assert kiosk.no_dialog(within_s=1.5)
     assert agent.pairing_store().pending() == []
-    assert [a for a in agent.audit_records() if a["event"] in ("sign", "pin_verify")] == []
+    assert [a for a in agent.audit_records() if a["event"] in ("sign_request", "pin_verify")] == []
 
 
 def test_unlisted_origin_gets_nothing(

@@ -171,7 +171,7 @@ def test_example_policy_force_installs_and_bridges_the_first_page(
     assert report["bridgedAtStart"] is True
     assert report["connects"] == 1
     check_first_call(report, agent)
-    signs = [a for a in agent.audit_records() if a["event"] == "sign" and a["result"] == "ok"]
+    signs = [a for a in agent.signatures() if a["result"] == "ok"]
     assert [a["origin"] for a in signs] == [packed.origin]
 
 

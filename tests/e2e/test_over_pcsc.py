@@ -18,7 +18,7 @@ from agent.config import CardConfig, Config
 from agent.runtime import build_runtime
 from simulator.card_os import SimulatedCard
 from simulator.vpcd import VpcdLink
-from tests.e2e.conftest import AgentHandle, ServerThread
+from tests.e2e.conftest import AgentHandle
 from tests.e2e.test_bridge import test_whole_flow_through_the_bridge
 from tests.e2e.test_card_pulled import test_card_pulled_mid_flow
 from tests.e2e.test_first_page import (
@@ -28,6 +28,7 @@ from tests.e2e.test_first_page import (
 )
 from tests.e2e.test_practice_flow import test_whole_practice_flow
 from tests.pcscd_support import PcscCard, ReaderWatch, plugged_card
+from tests.support.server import ServerThread
 
 pytestmark = [pytest.mark.e2e, pytest.mark.pcsc]
 
@@ -73,7 +74,7 @@ def agent(agent_config: Config, request: pytest.FixtureRequest) -> Iterator[Agen
             update={"card": CardConfig(backend="pcsc", reader=vpcd.reader)}
         )
         runtime: Any = build_runtime(config)
-        with ServerThread(runtime.app, config.server.port):
+        with ServerThread.on_port(runtime.app, config.server.port):
             deadline = time.monotonic() + 10
             while not runtime.owner.state.card_present:  # the owner's first reader poll
                 assert time.monotonic() < deadline, "the agent never saw the card"

@@ -32,7 +32,7 @@ def check_summary(summary: dict[str, Any], agent: AgentHandle) -> None:
     assert [r["step"] for r in records] == ["login", *SIGNED]
     check_signatures(summary)
     # The agent's audit log: exactly these documents were signed, in this order.
-    signs = [a for a in agent.audit_records() if a["event"] == "sign" and a["result"] == "ok"]
+    signs = [a for a in agent.signatures() if a["result"] == "ok"]
     assert [a["purpose"] for a in signs] == PURPOSES
     assert [a["data_sha256"] for a in signs] == [r["sha256"] for r in records]
     assert {a["cert_number"] for a in signs} == {summary["certificate_number"]}

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from agent.backend import BackendEvent
+from agent.backend import BackendEvent, BackendEventQueue
 from agent.owner import Busy, CardOwner, JobTimeout, OwnerEvent, OwnerStopped
 from card.errors import CardMissing, CardRemoved, CardReset, WrongPinError, error_for_sw
 
@@ -35,9 +35,7 @@ class FakeBackend:
         self.closed = False
         self.open_error: Exception | None = None
         self.open_threads: set[int] = set()
-        self._cond = threading.Condition()
-        self._events: list[BackendEvent] = []
-        self._woken = False
+        self.events = BackendEventQueue()
 
     def open_driver(self) -> Any:
         self.open_threads.add(threading.get_ident())
@@ -50,24 +48,16 @@ class FakeBackend:
         self.dropped += 1
 
     def poll_events(self, timeout_s: float) -> list[BackendEvent]:
-        with self._cond:
-            self._cond.wait_for(lambda: bool(self._events) or self._woken, timeout_s)
-            events, self._events = self._events, []
-            self._woken = False
-            return events
+        return self.events.wait(timeout_s)
 
     def wake(self) -> None:
-        with self._cond:
-            self._woken = True
-            self._cond.notify_all()
+        self.events.wake()
 
     def close(self) -> None:
         self.closed = True
 
     def push(self, *events: BackendEvent) -> None:
-        with self._cond:
-            self._events.extend(events)
-            self._cond.notify_all()
+        self.events.push(*events)
 
 
 def with_owner(

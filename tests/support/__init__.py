@@ -1,0 +1,1 @@
+"""What every test tier shares: constants, log capture, a server in a thread."""
