@@ -15,11 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.owner import Busy, JobTimeout, OwnerStopped
+from agent.owner import Busy, JobTimeout, OwnerError, OwnerStopped
 from agent.vocabulary import ErrorCode
 from card import errors as ce
 
-__all__ = ["AgentError", "ErrorCode", "WireError", "wire_error"]
+# OwnerError is here for the front ends, which never import the card owner itself.
+__all__ = ["AgentError", "ErrorCode", "OwnerError", "WireError", "wire_error"]
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agent.api.models import ErrorAnswer, ErrorBody
-from agent.errors import AgentError, WireError, wire_error
-from agent.owner import OwnerError
+from agent.errors import AgentError, OwnerError, WireError, wire_error
 from agent.vocabulary import ErrorCode
 from card.errors import CardError
 
