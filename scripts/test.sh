@@ -14,8 +14,6 @@ echo "== mypy"
 mypy
 echo "== import contracts (pyproject.toml [tool.importlinter], docs/architecture.md)"
 lint-imports
-echo "== vocabulary shared with the extension is up to date"
-python -m agent.vocabulary --check
 echo "== extension: eslint, tsc --checkJs, node --test"
 npm run --silent lint
 npm run --silent typecheck
