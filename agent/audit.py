@@ -26,6 +26,7 @@ import secrets
 import threading
 from collections import deque
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -251,7 +252,7 @@ class AuditLog:
         self._failed: OSError | None = None
         # Records queued by append_later, and the writer thread that writes them.
         self._queue_cond = threading.Condition()
-        self._queue: deque[_Pending] = deque()
+        self._queue: deque[tuple[_Pending, Future[AuditRecord] | None]] = deque()
         self._queued = 0
         self._done = 0
         self._closing = False
@@ -332,17 +333,29 @@ class AuditLog:
         with self._lock:
             return self._write([pending])[0]
 
-    def append_later(self, event: str, **fields: object) -> str:
-        """Queue a record for the writer thread, which writes it within a moment and
-        fsyncs with the records around it (group commit). Returns its id at once; never
-        blocks. Bad fields raise here, as with `append`. A crash can lose a queued record:
-        use it only for records whose loss `audit verify` can report (the outcome of a
-        request whose own record was written with `append`)."""
+    def submit(self, event: str, **fields: object) -> Future[AuditRecord]:
+        """Queue a record for the writer thread; the future completes once it is written
+        and fsynced (group commit: the writer writes and fsyncs what queued up meanwhile
+        at once). Never blocks: the event loop awaits it with `asyncio.wrap_future`, no
+        worker thread involved. Bad fields raise here, as with `append`."""
         pending = self._prepare(event, fields)
+        future: Future[AuditRecord] = Future()
+        self._enqueue(pending, future)
+        return future
+
+    def append_later(self, event: str, **fields: object) -> str:
+        """`submit` without waiting: the record's id at once. A crash can lose a record
+        not yet written: use it only for records whose loss `audit verify` can report
+        (the outcome of a request whose own record was written durably first)."""
+        pending = self._prepare(event, fields)
+        self._enqueue(pending, None)
+        return pending.id
+
+    def _enqueue(self, pending: _Pending, future: Future[AuditRecord] | None) -> None:
         with self._queue_cond:
             if self._fd < 0 or self._closing:
                 raise ValueError("audit log is closed")
-            self._queue.append(pending)
+            self._queue.append((pending, future))
             self._queued += 1
             if self._writer is None:
                 self._writer = threading.Thread(
@@ -350,7 +363,6 @@ class AuditLog:
                 )
                 self._writer.start()
             self._queue_cond.notify_all()
-        return pending.id
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every queued record is written and fsynced; False on timeout."""
@@ -421,11 +433,19 @@ class AuditLog:
                 self._queue.clear()
             try:
                 with self._lock:
-                    self._write(batch)
+                    records = self._write([pending for pending, _ in batch])
             except Exception as exc:
-                # Later appends fail closed (self._failed); these records are lost, and
-                # the requests they complete show as without outcome in `audit verify`.
+                # Later appends fail closed (self._failed); the records of this batch
+                # are lost: their futures say so, and requests they complete show as
+                # without outcome in `audit verify`.
                 log.error("audit log: %d queued record(s) not written: %s", len(batch), exc)
+                for _, future in batch:
+                    if future is not None:
+                        future.set_exception(exc)
+            else:
+                for (_, future), record in zip(batch, records, strict=True):
+                    if future is not None:
+                        future.set_result(record)
             with self._queue_cond:
                 self._done += len(batch)
                 self._queue_cond.notify_all()

@@ -7,6 +7,8 @@ result; events go back to the event loop with `call_soon_threadsafe`.
 
 Jobs
   * FIFO, one at a time, from a bounded queue: a full queue raises `Busy` at once.
+  * After a job the thread waits a moment (`linger_s`) for the next before it waits on
+    the reader again, so a burst of jobs does not enter and cancel a reader wait each.
   * Every job has a deadline. A job still queued at its deadline is dropped without
     touching the card. A running job that overruns makes its caller get `JobTimeout`
     at the deadline; the thread finishes the call, discards the result and treats the
@@ -61,6 +63,10 @@ T = TypeVar("T")
 
 DEFAULT_QUEUE_SIZE = 16
 DEFAULT_POLL_INTERVAL_S = 0.5  # also bounds the latency of a lost wake-up
+# How long the thread waits for another job after one before waiting on the reader:
+# longer than the gap between a client's answer and its next request under load,
+# short against how soon a card pull must be noticed.
+DEFAULT_LINGER_S = 0.05
 DEFAULT_JOIN_TIMEOUT_S = 5.0
 _POLL_ERROR_BACKOFF_S = 1.0
 _INITIAL_JOB_ESTIMATE_S = 0.25
@@ -166,6 +172,12 @@ EventCallback = Callable[[OwnerEvent], None]
 # --- jobs ------------------------------------------------------------------------
 
 
+class _Idle(enum.Enum):
+    BUSY = enum.auto()  # running a job, or between steps: run() need not wake it
+    LINGERING = enum.auto()  # waiting a moment for the next job (`_job_arrived`)
+    POLLING = enum.auto()  # waiting on the reader (`backend.wake()` ends it)
+
+
 class _JobState(enum.Enum):
     QUEUED = enum.auto()
     RUNNING = enum.auto()
@@ -218,6 +230,7 @@ class CardOwner:
         *,
         queue_size: int = DEFAULT_QUEUE_SIZE,
         poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
+        linger_s: float = DEFAULT_LINGER_S,
         name: str = "card-owner",
     ) -> None:
         if queue_size < 1:
@@ -227,11 +240,14 @@ class CardOwner:
         self._backend = backend
         self._queue_size = queue_size
         self._poll_interval_s = poll_interval_s
+        self._linger_s = linger_s
         self._name = name
 
-        self._lock = threading.Lock()  # guards _queue, job states, _in_poll
+        self._lock = threading.Lock()  # guards _queue, job states, _idle
         self._queue: deque[_Job] = deque()
-        self._in_poll = False
+        # What the thread does while it has no job: how run() must wake it.
+        self._idle = _Idle.BUSY
+        self._job_arrived = threading.Event()  # ends the short wait after a job
         self._kick = threading.Event()  # wakes the back-off sleep after a poll error
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -279,6 +295,7 @@ class CardOwner:
         for job in pending:
             _post(job, None, OwnerStopped("card owner stopped"))
         self._kick.set()
+        self._job_arrived.set()
         self._backend.wake()
         await asyncio.to_thread(thread.join, join_timeout)
         if thread.is_alive():
@@ -307,8 +324,10 @@ class CardOwner:
             if len(self._queue) >= self._queue_size:
                 raise Busy(self._retry_after(len(self._queue)))
             self._queue.append(job)
-            wake = self._in_poll
-        if wake:
+            idle = self._idle
+        if idle is _Idle.LINGERING:
+            self._job_arrived.set()
+        elif idle is _Idle.POLLING:
             self._kick.set()
             self._backend.wake()
         try:
@@ -378,13 +397,19 @@ class CardOwner:
     # --- the thread --------------------------------------------------------------
 
     def _thread_main(self) -> None:
+        worked = False
         try:
             while not self._stopping.is_set():
                 self._last_loop_at = time.monotonic()
                 job = self._next_job()
                 if job is not None:
-                    self._execute(job)
+                    # After a job that lost the card, look at the reader at once.
+                    worked = self._execute(job)
                     continue
+                if worked:
+                    worked = False
+                    if self._linger():
+                        continue
                 self._poll()
         except BaseException:
             log.exception("card owner thread died")
@@ -401,7 +426,6 @@ class CardOwner:
         while True:
             with self._lock:
                 if not self._queue:
-                    self._in_poll = True  # set under the lock: run() knows to wake us
                     return None
                 job = self._queue.popleft()
                 if time.monotonic() < job.deadline:
@@ -412,7 +436,27 @@ class CardOwner:
             log.debug("dropping card job %r: deadline passed while queued", job.label)
             _post(job, None, JobTimeout(job.label, job.timeout, started=False))
 
+    def _linger(self) -> bool:
+        """After a job, wait a moment for the next one before waiting on the reader: a
+        burst of requests then never pays for entering and cancelling a reader wait
+        (with PC/SC, SCardGetStatusChange and an SCardCancel over a new connection to
+        pcscd, per request). True when a job arrived."""
+        with self._lock:
+            if self._queue:
+                return True
+            self._job_arrived.clear()
+            self._idle = _Idle.LINGERING  # under the lock: run() knows how to wake us
+        try:
+            return self._job_arrived.wait(self._linger_s)
+        finally:
+            with self._lock:
+                self._idle = _Idle.BUSY
+
     def _poll(self) -> None:
+        with self._lock:
+            if self._queue:
+                return  # a job arrived since _next_job looked
+            self._idle = _Idle.POLLING  # under the lock: run() knows to wake us
         try:
             events = self._backend.poll_events(self._poll_interval_s)
         except Exception as exc:
@@ -420,7 +464,7 @@ class CardOwner:
             return
         finally:
             with self._lock:
-                self._in_poll = False
+                self._idle = _Idle.BUSY
         if self._poll_failing:
             log.info("card/reader monitoring works again")
             self._poll_failing = False
@@ -439,7 +483,8 @@ class CardOwner:
         if self._kick.wait(_POLL_ERROR_BACKOFF_S):
             self._kick.clear()
 
-    def _execute(self, job: _Job) -> None:
+    def _execute(self, job: _Job) -> bool:
+        """Run `job`; False when it left the card or reader in doubt."""
         started = time.monotonic()
         self._busy_since = started
         result: Any = None
@@ -478,6 +523,7 @@ class CardOwner:
                 self._ensure_driver()
             except CardError as exc:
                 log.info("re-opening the card after a reset failed: %s", exc)
+        return not isinstance(error, _DROP_DRIVER_ON) and finished <= job.deadline
 
     def _ensure_driver(self) -> CardDriver:
         driver = self._driver

@@ -210,8 +210,10 @@ class CardService:
         return info
 
     async def _audit(self, event: str, **fields: Any) -> str:
-        record = await asyncio.to_thread(self.audit.append, event, **fields)
-        return str(record.id)
+        """Write a record and wait until it is on disk (the audit writer thread's group
+        commit: no worker thread and no fsync on the event loop)."""
+        record = await asyncio.wrap_future(self.audit.submit(event, **fields))
+        return record.id
 
     # --- read-only operations ---------------------------------------------------------
 
@@ -435,9 +437,8 @@ class CardService:
                 )
             return signature, cert, info, card_ms
 
-        recorded = asyncio.ensure_future(
-            asyncio.to_thread(self.audit.append, "sign_request", **request)
-        )
+        # Written and fsynced by the audit writer while the card signs.
+        recorded = asyncio.wrap_future(self.audit.submit("sign_request", **request))
         try:
             signature, cert, info, card_ms = await self.run(job, label="sign")
         except BaseException as exc:

@@ -28,8 +28,17 @@ CPU, which shows up as "agent overhead" (`--client httpx` to compare; the client
 per request is printed either way). Realistic sign phases last 3 x --duration: that
 card answers ~6 times a second.
 
+Two backends: `simulated` (the software card in the agent's process, as in the test
+tiers) and `pcsc` (the same card in its own process behind a private pcscd + vpcd, as
+on a kiosk: the agent's CPU then excludes the card's own computation, and includes the
+PC/SC client's). The server-CPU target is judged on `pcsc`.
+
+Targets (issue 14), each a figure of this run: overhead p50 <= 1 ms and p99 <= 2 ms at
+32 clients with the realistic card; server CPU per signature <= 4 x a status request.
+
 Usage:
     .venv/bin/python bench/bench_agent.py [--quick] [--json FILE] [--client raw|httpx]
+        [--backends simulated pcsc] [--models instant realistic]
 """
 
 from __future__ import annotations
@@ -63,7 +72,10 @@ START_TIMEOUT_S = 30.0
 MAX_REQUESTS_PER_PHASE = 500_000  # a hard bound whatever the duration
 REQUEST_TIMEOUT_S = 30.0  # httpx client timeout
 PHASE_SLACK_S = 90.0  # first round + drain: 32 x a slow card, plus margin
+TARGET_OVERHEAD_P50_MS = 1.0
 TARGET_OVERHEAD_P99_MS = 2.0
+TARGET_CPU_RATIO = 4.0  # server CPU per signature / per status request
+BACKENDS = ("simulated", "pcsc")
 REALISTIC_SIGN_FACTOR = 3  # realistic sign phases last 3 x --duration
 TARGET_RSS_MB = 80.0
 
@@ -285,8 +297,75 @@ class HttpxClient(RawClient):
 # --- the server under test ----------------------------------------------------------
 
 
+class PcscCard:
+    """A private pcscd with vpcd readers, and `card-sim vpcd` holding the card."""
+
+    READER = "Virtual PCD 00 00"
+
+    def __init__(self, timing: str, workdir: Path) -> None:
+        from simulator.pcscd import (
+            free_port_pair,
+            pcscd_command,
+            unshare_prefix,
+            vpcd_driver,
+            write_vpcd_conf,
+        )
+
+        driver, prefix = vpcd_driver(), unshare_prefix(probe=False)
+        if driver is None or prefix is None:
+            raise SystemExit("the pcsc backend needs pcscd, vsmartcard-vpcd and unshare")
+        self.port = free_port_pair()
+        (workdir / "sock").mkdir()
+        write_vpcd_conf(workdir / "conf", self.port, driver)
+        self.socket = str(workdir / "sock" / "pcscd.comm")
+        self.workdir = workdir
+        self.pcscd_cmd = pcscd_command(workdir / "conf", workdir / "sock", prefix)
+        bindir = Path(sys.executable).parent
+        self.card_cmd = [
+            str(bindir / "card-sim"),
+            "vpcd",
+            "legal-person-sm2",
+            "--port",
+            str(self.port),
+            "--timing",
+            timing,
+        ]
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> None:
+        for name, cmd in (("pcscd", self.pcscd_cmd), ("card", self.card_cmd)):
+            log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - the child's
+            try:
+                self.procs.append(
+                    subprocess.Popen(
+                        cmd,
+                        stdin=subprocess.PIPE if name == "card" else subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        env={**os.environ, "PCSCLITE_CSOCK_NAME": self.socket},
+                    )
+                )
+            finally:
+                log.close()
+            time.sleep(0.5)  # pcscd first: vpcd's port must listen before the card dials
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
+
+
 class Server:
-    def __init__(self, timing: str, state_dir: Path) -> None:
+    def __init__(self, timing: str, state_dir: Path, pcsc: PcscCard | None = None) -> None:
         self.timing = timing
         self.state_dir = state_dir
         self.port = free_port()
@@ -305,6 +384,14 @@ class Server:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        if pcsc is not None:
+            env.update(
+                {
+                    "CARD_AGENT_CARD__BACKEND": "pcsc",
+                    "CARD_AGENT_CARD__READER": PcscCard.READER,
+                    "PCSCLITE_CSOCK_NAME": pcsc.socket,
+                }
+            )
         self.env = env
         self.log_path = state_dir / "server.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -570,18 +657,22 @@ def phase_duration(args: argparse.Namespace, model: str, kind: str) -> float:
 @dataclass
 class ModelRun:
     model: str
+    backend: str = "simulated"
     startup_s: float = 0.0
     idle_after_start: dict[str, Any] = field(default_factory=dict)
     after_load: dict[str, Any] = field(default_factory=dict)
     phases: list[PhaseResult] = field(default_factory=list)
 
 
-async def bench_model(model: str, args: argparse.Namespace, tmp: Path) -> ModelRun:
-    state_dir = tmp / model
+async def bench_model(model: str, backend: str, args: argparse.Namespace, tmp: Path) -> ModelRun:
+    state_dir = tmp / f"{backend}-{model}"
     state_dir.mkdir()
-    server = Server(model, state_dir)
+    pcsc = PcscCard(model, state_dir) if backend == "pcsc" else None
+    server = Server(model, state_dir, pcsc)
     client = (HttpxClient if args.client == "httpx" else RawClient)(server.port)
-    run = ModelRun(model)
+    run = ModelRun(model, backend)
+    if pcsc is not None:
+        pcsc.start()
     server.start()
     try:
         run.startup_s = round(await server.wait_ready(client), 2)
@@ -617,7 +708,10 @@ async def bench_model(model: str, args: argparse.Namespace, tmp: Path) -> ModelR
                     server_pid=server.pid,
                 )
                 run.phases.append(result)
-                print(f"  {model:9} {kind:4} x{clients:<3} {result.rps:8.1f} req/s", flush=True)
+                print(
+                    f"  {backend:9} {model:9} {kind:4} x{clients:<3} {result.rps:8.1f} req/s",
+                    flush=True,
+                )
         await asyncio.sleep(1.0)
         run.after_load = server_stats(server.pid)
     except Exception:
@@ -625,6 +719,8 @@ async def bench_model(model: str, args: argparse.Namespace, tmp: Path) -> ModelR
         raise
     finally:
         server.stop()
+        if pcsc is not None:
+            pcsc.stop()
     return run
 
 
@@ -641,6 +737,10 @@ def _row(cells: list[tuple[str, int]]) -> str:
     )
 
 
+def label(run: ModelRun) -> str:
+    return f"{run.backend}/{run.model}"
+
+
 def report(runs: list[ModelRun], args: argparse.Namespace) -> str:
     out: list[str] = [
         f"card-agent load benchmark: client={args.client}, {args.duration:g} s per phase "
@@ -650,7 +750,7 @@ def report(runs: list[ModelRun], args: argparse.Namespace) -> str:
         "card% = sign/s x mean card time.",
         "",
     ]
-    w = [9, 3, 8, 6, 8, 8, 8, 8, 8, 8, 8, 8, 6, 4]
+    w = [18, 3, 8, 6, 8, 8, 8, 8, 8, 8, 8, 8, 6, 4]
     head = [
         "model",
         "cl",
@@ -678,7 +778,7 @@ def report(runs: list[ModelRun], args: argparse.Namespace) -> str:
             if p.kind != "sign":
                 continue
             cells = [
-                run.model,
+                label(run),
                 str(p.clients),
                 fmt(p.rps, ".1f"),
                 fmt(None if p.card_util is None else p.card_util * 100, ".1f"),
@@ -695,7 +795,7 @@ def report(runs: list[ModelRun], args: argparse.Namespace) -> str:
             ]
             out.append(_row(list(zip(cells, w, strict=True))))
 
-    w = [9, 3, 8, 8, 8, 9, 9, 8, 8, 8, 7, 7, 7]
+    w = [18, 3, 8, 8, 8, 9, 9, 8, 8, 8, 7, 7, 7]
     head = [
         "model",
         "cl",
@@ -733,7 +833,7 @@ def report(runs: list[ModelRun], args: argparse.Namespace) -> str:
             if sp.overhead_p99_ms is not None and npz.latency_p99_ms:
                 r99 = sp.overhead_p99_ms / npz.latency_p99_ms
             cells = [
-                run.model,
+                label(run),
                 str(clients),
                 fmt(npz.rps, ".0f"),
                 fmt(npz.latency_p50_ms),
@@ -757,22 +857,50 @@ def report(runs: list[ModelRun], args: argparse.Namespace) -> str:
             "(column 'other'): expect noisy tails; re-run on a quiet machine."
         )
 
-    out += ["", "Targets:"]
+    out += ["", "Targets (figures of this run):"]
     top = max(args.concurrency)
     for run in runs:
         by = {(p.kind, p.clients): p for p in run.phases}
-        sp = by.get(("sign", top))
-        if sp is not None and sp.overhead_p99_ms is not None:
-            ok = "OK  " if sp.overhead_p99_ms <= TARGET_OVERHEAD_P99_MS else "MISS"
+        sp, npz = by.get(("sign", top)), by.get(("null", top))
+        name = label(run)
+        if run.model == "realistic" and sp is not None:
+            for what, value, target in (
+                ("p50", sp.overhead_p50_ms, TARGET_OVERHEAD_P50_MS),
+                ("p99", sp.overhead_p99_ms, TARGET_OVERHEAD_P99_MS),
+            ):
+                if value is not None:
+                    ok = "OK  " if value <= target else "MISS"
+                    out.append(
+                        f"  [{ok}] {name}: overhead {what} at {top} clients "
+                        f"{value:.2f} ms (target <= {target:g} ms)"
+                    )
+        if (
+            sp is not None
+            and npz is not None
+            and sp.server_cpu_us_per_req
+            and (npz.server_cpu_us_per_req)
+        ):
+            ratio = sp.server_cpu_us_per_req / npz.server_cpu_us_per_req
+            # Judged where the card runs in its own process and answers at once: with
+            # the realistic card (6 signatures/s) the agent's idle work (reader polls,
+            # timers, 32 idle connections) is divided by few signatures.
+            judged = run.backend == "pcsc" and run.model == "instant"
+            ok = ("OK  " if ratio <= TARGET_CPU_RATIO else "MISS") if judged else "info"
+            note = (
+                "the card in its own process"
+                if run.backend == "pcsc"
+                else "includes the simulated card's own computation"
+            )
             out.append(
-                f"  [{ok}] {run.model}: overhead p99 at {top} clients "
-                f"{sp.overhead_p99_ms:.2f} ms (target <= {TARGET_OVERHEAD_P99_MS:g} ms)"
+                f"  [{ok}] {name}: server CPU per signature {sp.server_cpu_us_per_req:.0f} us "
+                f"= {ratio:.1f} x a status request ({npz.server_cpu_us_per_req:.0f} us) at "
+                f"{top} clients (target <= {TARGET_CPU_RATIO:g} x; {note})"
             )
         if run.model == "realistic" and sp is not None and sp.card_util is not None:
             ok = "OK  " if sp.card_util >= 0.95 else "MISS"
             ceiling = 1000 / (sp.card_mean_ms or 1)
             out.append(
-                f"  [{ok}] realistic: {sp.rps:.2f} sign/s at {top} clients, 1 / mean card time "
+                f"  [{ok}] {name}: {sp.rps:.2f} sign/s at {top} clients, 1 / mean card time "
                 f"= {ceiling:.2f}/s: card busy {sp.card_util:.1%} -> the card is "
                 + ("the bottleneck" if sp.card_util >= 0.95 else "NOT the bottleneck")
             )
@@ -783,11 +911,11 @@ def report(runs: list[ModelRun], args: argparse.Namespace) -> str:
             if st:
                 ok = "OK  " if st["rss_mb"] <= TARGET_RSS_MB else "MISS"
                 out.append(
-                    f"  [{ok}] {run.model}: RSS {when} {st['rss_mb']:.1f} MB "
+                    f"  [{ok}] {name}: RSS {when} {st['rss_mb']:.1f} MB "
                     f"(target <= {TARGET_RSS_MB:g} MB); {st['threads']} threads, "
                     f"{st['child_processes']} child processes"
                 )
-        out.append(f"         {run.model}: start-up to a ready /v1/status: {run.startup_s} s")
+        out.append(f"         {name}: start-up to a ready /v1/status: {run.startup_s} s")
     return "\n".join(out)
 
 
@@ -811,9 +939,10 @@ def sigterm_as_exit() -> Iterator[None]:
 async def main_async(args: argparse.Namespace) -> list[ModelRun]:
     runs = []
     with tempfile.TemporaryDirectory(prefix="bench-agent-") as tmp:
-        for model in args.models:
-            print(f"card-agent serve, timing model {model} ...", flush=True)
-            runs.append(await bench_model(model, args, Path(tmp)))
+        for backend in args.backends:
+            for model in args.models:
+                print(f"card-agent serve, {backend} backend, timing {model} ...", flush=True)
+                runs.append(await bench_model(model, backend, args, Path(tmp)))
     return runs
 
 
@@ -825,6 +954,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, help="seconds per phase (default 5)")
     parser.add_argument("--warmup", type=float, help="seconds of warm-up (default 1)")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
     parser.add_argument(
         "--concurrency", nargs="+", type=int, default=list(CONCURRENCY), metavar="N"
     )
