@@ -3,12 +3,13 @@
 Measured, each as the median of N runs after one warm-up run (the first run of a fresh
 state directory makes the simulated card, i.e. generates its keys):
 
-  in-process, in-agent   run_selftest(config, runtime) on the running agent's event
-                         loop: what the MQTT remote command does
-  in-process, via API    run_selftest(config) in another thread while the agent runs:
-                         the CLI's path minus interpreter start-up
-  in-process, direct     run_selftest(config) with no agent: the CLI opens the card
-                         itself (api check skipped: nothing to probe)
+  in-process, in-agent   run_selftest(config, ServiceAccess.remote(service)) on the
+                         running agent's event loop: what the MQTT remote command does
+  in-process, via API    run_selftest over the CLI's way to the card, in another
+                         thread while the agent runs: the CLI's path minus interpreter
+                         start-up
+  in-process, direct     the same with no agent: the CLI's own card service (api check
+                         skipped: nothing to probe)
   subprocess, via API    `card-agent selftest --json` against a running
                          `card-agent serve`: what an operator waits for
   subprocess, direct     `card-agent selftest --json --skip api` with no agent
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import platform
 import signal
@@ -41,7 +43,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.config import load_config  # noqa: E402
+from agent.access.service import ServiceAccess  # noqa: E402
+from agent.cli.card_access import DeferredCardAccess  # noqa: E402
+from agent.config import Config, load_config  # noqa: E402
 from agent.selftest import run_selftest  # noqa: E402
 
 CARD_AGENT = Path(sys.executable).with_name("card-agent")
@@ -80,6 +84,12 @@ def measure(n: int, run: Callable[[], dict[str, Any]], what: str) -> list[float]
         times.append(time.perf_counter() - started)
         check(report, what)
     return times
+
+
+async def cli_selftest(config: Config, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """What `card-agent selftest` runs, without the interpreter start-up."""
+    async with contextlib.AsyncExitStack() as stack:
+        return await run_selftest(config, DeferredCardAccess(config, stack), skip=skip)
 
 
 def cli_run(config: Path, *extra: str) -> dict[str, Any]:
@@ -133,18 +143,21 @@ def main() -> None:
             results["in-process, in-agent"] = measure(
                 args.n,
                 lambda: asyncio.run_coroutine_threadsafe(
-                    run_selftest(config, runtime), loop
+                    run_selftest(config, ServiceAccess.remote(runtime.service)), loop
                 ).result(30),
                 "in-agent",
             )
             results["in-process, via API"] = measure(
-                args.n, lambda: asyncio.run(run_selftest(config)), "via API"
+                args.n, lambda: asyncio.run(cli_selftest(config)), "via API"
             )
         finally:
             server.should_exit = True
             thread.join(10)
+            # The stopped agent's audit log is still open (and locked) in this process;
+            # the CLI's own card service needs it.
+            runtime.audit.close()
         results["in-process, direct"] = measure(
-            args.n, lambda: asyncio.run(run_selftest(config, skip=["api"])), "direct"
+            args.n, lambda: asyncio.run(cli_selftest(config, skip=("api",))), "direct"
         )
 
         # Subprocesses: a real `card-agent serve`, then none.

@@ -132,7 +132,7 @@ def port_of(config: Path) -> int:
 
 
 def http_status(port: int, timeout: float = 1.0) -> dict[str, Any] | None:
-    from agent.cli_client import AgentClient
+    from agent.access.agent_api import AgentClient
 
     return AgentClient("127.0.0.1", port).probe(timeout)
 

@@ -8,14 +8,17 @@ import os
 import pty
 import select
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import click
+import pytest
 from click.testing import CliRunner
 
-from agent.cli import main, redact
+from agent.cli import main
+from agent.cli.config import redact
 from tests.ops.conftest import (
     CARD_AGENT,
     ORIGIN,
@@ -431,3 +434,85 @@ def test_audit_verify_prints_the_anchor_and_checks_one(tmp_path: Path) -> None:
     assert checked.exit_code == 1
     assert json.loads(checked.stdout)["anchor_ok"] is False
     assert invoke("audit", "verify", "--anchor", "nonsense", "--config", config).exit_code == 2
+
+
+# --- structure: light --help, no import cycle, one error path ----------------------------------
+
+
+def _modules_after(code: str) -> set[str]:
+    """Top-level modules `code` loads in a fresh interpreter (this checkout), beyond
+    those the interpreter's start-up loaded (site, .pth hooks)."""
+    probe = (
+        "import sys\n"
+        "before = set(sys.modules)\n"
+        f"{code}\n"
+        "print('MODULES', *sorted({m.partition('.')[0] for m in set(sys.modules) - before}))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        env=clean_env(PYTHONPATH=str(Path(__file__).resolve().parents[2])),
+        check=True,
+    )
+    return set(result.stdout.splitlines()[-1].split()[1:])
+
+
+def test_help_loads_click_and_the_standard_library_only() -> None:
+    loaded = _modules_after(
+        "\n".join(
+            [
+                "from agent.cli import main",
+                "try:",
+                "    main(['--help'])",
+                "except SystemExit:",
+                "    pass",
+            ]
+        )
+    )
+    foreign = loaded - set(sys.stdlib_module_names) - {"agent", "practice", "click", "__main__"}
+    assert foreign == set(), foreign
+
+
+def test_no_cycle_between_the_cli_the_selftest_and_the_runtime() -> None:
+    """The selftest and the ways to the card import neither the CLI nor the runtime
+    (the runtime imports the selftest, the CLI imports all three)."""
+    for module in ("agent.selftest", "agent.access.agent_api", "agent.access.service"):
+        code = (
+            f"import {module}\n"
+            "assert not [m for m in sys.modules if m.startswith(('agent.cli', 'agent.runtime'))]"
+        )
+        _modules_after(code)  # check=True: an AssertionError fails here
+
+
+def test_a_missing_extra_is_named_not_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # sys.modules[name] = None makes `import name` raise ModuleNotFoundError(name=name),
+    # exactly as on an install without the extra.
+    monkeypatch.setitem(sys.modules, "uvicorn", None)
+    serve = invoke("serve", "--config", str(write_config(tmp_path / "a")))
+    assert serve.exit_code == 1
+    assert "needs uvicorn" in serve.stderr
+    assert "pip install 'card-agent[agent]'" in serve.stderr
+    monkeypatch.setitem(sys.modules, "smartcard", None)
+    pcsc = write_config(tmp_path / "b", backend="pcsc")
+    readers = invoke("readers", "--json", "--config", str(pcsc))
+    assert readers.exit_code == 1
+    error = json.loads(readers.stdout)["error"]
+    assert error["code"] == "missing_dependency"
+    assert error["details"] == {"module": "smartcard", "extra": "pcsc"}
+
+
+def test_an_invalid_configuration_is_a_cli_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[card]\ntypo = 1\n")
+    human = invoke("pin", "status", "--config", str(bad))
+    assert human.exit_code == 1
+    first, *rest = human.stderr.splitlines()
+    assert first.startswith("error: invalid configuration")
+    assert first.endswith("(config_invalid)")
+    assert any("typo" in line for line in rest)
+    as_json = invoke("card", "info", "--json", "--config", str(bad))
+    assert as_json.exit_code == 1
+    assert json.loads(as_json.stdout)["error"]["code"] == "config_invalid"

@@ -267,7 +267,7 @@ def test_serve_sends_ready_only_once_listening(tmp_path: Path, path_socket: Noti
         # At READY=1 the API must already accept connections: no retry, no wait.
         with contextlib.closing(socket.create_connection(("127.0.0.1", agent.port), 0.5)):
             pass
-        from agent.cli_client import AgentClient
+        from agent.access.agent_api import AgentClient
 
         status = AgentClient("127.0.0.1", agent.port).probe(2.0)
         assert status is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.server
 import json
 import shutil
@@ -18,9 +19,11 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from agent.access.service import ServiceAccess
 from agent.cli import main
-from agent.config import load_config
-from agent.selftest import CHECK_IDS, mqtt_connect_packet, run_selftest
+from agent.cli.card_access import DeferredCardAccess
+from agent.config import Config, load_config
+from agent.selftest import CHECK_IDS, SignRequest, run_selftest
 from tests.ops.conftest import (
     PIN,
     AgentProcess,
@@ -34,6 +37,7 @@ from tests.ops.conftest import (
     start_agent,
     write_config,
 )
+from tests.pcscd_support import PcscDaemon, Plug
 
 
 def invoke(*args: str, input: str | None = None) -> Any:
@@ -51,6 +55,13 @@ def statuses(report: dict[str, Any]) -> dict[str, str]:
     return {c["id"]: c["status"] for c in report["checks"]}
 
 
+async def cli_selftest(config: Config, **kwargs: Any) -> dict[str, Any]:
+    """The selftest the way the CLI runs it: the card through the agent's API when it
+    answers, else a local card service, opened only when a check needs the card."""
+    async with contextlib.AsyncExitStack() as stack:
+        return await run_selftest(config, DeferredCardAccess(config, stack), **kwargs)
+
+
 # --- all pass -------------------------------------------------------------------------------
 
 
@@ -66,7 +77,8 @@ def test_in_agent_mode_all_pass_and_never_reopens_the_reader(
 
         monkeypatch.setattr(runtime_module, "build_backend", no_second_backend)
         config = agent.runtime.config
-        report = agent.call(run_selftest(config, agent.runtime, sign=True, pin=PIN))
+        access = ServiceAccess.remote(agent.runtime.service)  # what the runtime's hook uses
+        report = agent.call(run_selftest(config, access, sign=SignRequest(PIN)))
     assert report["mode"] == "in-agent"
     assert report["exit_code"] == 0, json.dumps(report, indent=1, ensure_ascii=False)
     got = statuses(report)
@@ -80,6 +92,27 @@ def test_in_agent_mode_all_pass_and_never_reopens_the_reader(
     for secret in (PIN, "张伟", "8900000012345"):
         assert secret not in text
     assert by_id(report)["card_info"]["details"]["card"].endswith("2345")
+
+
+def test_the_runtimes_remote_selftest_hook_runs_in_agent(tmp_path: Path) -> None:
+    """The MQTT `selftest` command's hook, as build_runtime wires it (no broker needed:
+    the hook is called directly on the agent's loop)."""
+    from agent.telemetry import TelemetryPublisher
+
+    config_path = write_config(
+        tmp_path, extra=f'[mqtt]\nenabled = true\nport = {free_port()}\nkiosk_id = "k1"\n'
+    )
+    with in_process_agent(config_path) as agent:
+        publisher = next(c for c in agent.runtime.components if isinstance(c, TelemetryPublisher))
+        hook = publisher.selftest_hook
+        assert hook is not None
+        report = agent.call(hook())
+    assert report["mode"] == "in-agent"
+    got = statuses(report)
+    for check_id in ("reader", "card", "card_info", "certificate", "chain", "pin", "api"):
+        assert got[check_id] == "pass", (check_id, by_id(report)[check_id])
+    assert got["sign"] == "skip"  # never a PIN from a remote command
+    assert got["mqtt"] == "fail"  # the configured broker is not there
 
 
 def test_cli_through_running_agent_with_sign(
@@ -260,25 +293,33 @@ def test_compat_endpoint_probe(tmp_path: Path) -> None:
     only = [c for c in CHECK_IDS if c not in ("config", "compat")]
     with in_process_agent(config_path) as agent:
         config = agent.runtime.config
-        in_agent = agent.call(run_selftest(config, agent.runtime, skip=only))
-        from_cli = asyncio.run(run_selftest(config, skip=only))
+        access = ServiceAccess.remote(agent.runtime.service)
+        in_agent = agent.call(run_selftest(config, access, skip=only))
+        from_cli = asyncio.run(cli_selftest(config, skip=only))
     for report in (in_agent, from_cli):
         compat = by_id(report)["compat"]
         assert compat["status"] == "pass", compat
         assert "foreign Host and Origin refused" in compat["message"]
-    closed = asyncio.run(run_selftest(config, skip=only))  # the agent has stopped
+    assert from_cli["mode"] == "none"  # no check needed the card: it was not opened
+    closed = asyncio.run(cli_selftest(config, skip=only))  # the agent has stopped
     assert by_id(closed)["compat"]["status"] == "fail"
 
 
 def test_compat_on_a_port_chosen_at_start(tmp_path: Path) -> None:
+    """compat.port = 0 (tests only: the official client needs its fixed port) is chosen
+    when the endpoint starts. The selftest checks the configured endpoint, in the agent
+    as from the CLI: it says it cannot, rather than guess."""
     config_path = write_config(tmp_path, extra="[compat]\nenabled = true\nport = 0\n")
     only = [c for c in CHECK_IDS if c not in ("config", "compat")]
     with in_process_agent(config_path) as agent:
         config = agent.runtime.config
-        in_agent = agent.call(run_selftest(config, agent.runtime, skip=only))
-        from_cli = asyncio.run(run_selftest(config, skip=only))
-    assert by_id(in_agent)["compat"]["status"] == "pass"
-    assert by_id(from_cli)["compat"]["status"] == "skip"  # only the agent knows the port
+        access = ServiceAccess.remote(agent.runtime.service)
+        in_agent = agent.call(run_selftest(config, access, skip=only))
+        from_cli = asyncio.run(cli_selftest(config, skip=only))
+    for report in (in_agent, from_cli):
+        compat = by_id(report)["compat"]
+        assert compat["status"] == "skip"
+        assert "compat.port = 0" in compat["message"]
 
 
 # --- probes ---------------------------------------------------------------------------------
@@ -307,7 +348,7 @@ def test_api_probe_catches_a_server_without_host_checks(tmp_path: Path) -> None:
     try:
         config = load_config(write_config(tmp_path, port=port), env={})
         report = asyncio.run(
-            run_selftest(config, skip=[c for c in CHECK_IDS if c not in ("config", "api")])
+            cli_selftest(config, skip=[c for c in CHECK_IDS if c not in ("config", "api")])
         )
     finally:
         server.shutdown()
@@ -363,7 +404,7 @@ def test_mqtt_broker_check(tmp_path: Path, mosquitto: tuple[int, int]) -> None:
             tmp_path / directory,
             extra=f'[mqtt]\nenabled = true\nport = {port}\nkiosk_id = "kiosk-1"\n',
         )
-        return by_id(asyncio.run(run_selftest(load_config(path, env={}), skip=skip)))["mqtt"]
+        return by_id(asyncio.run(cli_selftest(load_config(path, env={}), skip=skip)))["mqtt"]
 
     assert run(open_port, "a")["status"] == "pass"
     refused = run(closed_port, "b")
@@ -372,15 +413,6 @@ def test_mqtt_broker_check(tmp_path: Path, mosquitto: tuple[int, int]) -> None:
     down = run(free_port(), "c")
     assert down["status"] == "fail"
     assert "not reachable" in down["message"]
-
-
-def test_mqtt_connect_packet_is_mqtt_311() -> None:
-    packet = mqtt_connect_packet("k-selftest", "user", "pw", keepalive_s=10)
-    assert packet[0] == 0x10
-    assert packet[1] == len(packet) - 2
-    assert packet[2:9] == b"\x00\x04MQTT\x04"
-    assert packet[9] == 0x80 | 0x40 | 0x02
-    assert packet.endswith(b"\x00\x04user\x00\x02pw")
 
 
 def test_pcscd_unreachable_fails_with_hint(tmp_path: Path) -> None:
@@ -402,10 +434,60 @@ def test_pcscd_unreachable_fails_with_hint(tmp_path: Path) -> None:
 def test_selftest_is_fast_on_the_simulated_card(tmp_path: Path) -> None:
     """The budget is 1.5 s without --sign; bench/bench_selftest.py reports the figure."""
     config = load_config(write_config(tmp_path), env={})
-    asyncio.run(run_selftest(config))  # first run makes the card (key generation)
+    asyncio.run(cli_selftest(config))  # first run makes the card (key generation)
     times = []
     for _ in range(3):
         started = time.perf_counter()
-        asyncio.run(run_selftest(config))
+        asyncio.run(cli_selftest(config))
         times.append(time.perf_counter() - started)
     assert statistics.median(times) < 1.5, times
+
+
+# --- the PC/SC backend: a private pcscd, the software card behind vpcd ----------------------
+
+
+@pytest.mark.pcsc
+def test_selftest_and_readers_over_pcscd(tmp_path: Path, pcscd: PcscDaemon, plug: Plug) -> None:
+    """Direct mode over real pcscd: the readers listed without touching the card, the
+    vpcd reader flagged unless card.demo, the chain against the card's CA, a signature
+    through the CLI's own card service on the PC/SC backend."""
+    from simulator.card_os import SimulatedCard
+
+    card = SimulatedCard.create("legal-person-sm2")
+    ca = tmp_path / "ca.pem"
+    ca.write_text(card.state.ca_states["SM2"]["certificate_pem"])
+    reader = pcscd.readers[0]
+    plug(card, 0)
+    production = write_config(
+        tmp_path / "prod",
+        backend="pcsc",
+        card_extra=f'reader = "{reader}"\nca_bundle = "{ca}"',
+    )
+    code, report = selftest_json(production, "--skip", "api")
+    assert code == 1, report
+    got = statuses(report)
+    assert got["virtual_reader"] == "warn"  # a vpcd reader on a production kiosk
+    for check_id in ("pcscd", "reader", "card", "card_info", "certificate", "chain", "pin"):
+        assert got[check_id] == "pass", (check_id, by_id(report)[check_id])
+    assert by_id(report)["reader"]["message"] == reader
+    assert report["mode"] == "direct"
+
+    demo = write_config(
+        tmp_path / "demo",
+        backend="pcsc",
+        card_extra=f'reader = "{reader}"\nca_bundle = "{ca}"\ndemo = true',
+    )
+    code, report = selftest_json(demo, "--skip", "api", "--sign", "--pin-stdin", input=PIN + "\n")
+    assert code == 0, json.dumps(report, indent=1, ensure_ascii=False)
+    assert by_id(report)["sign"]["details"]["algorithm"] == "SM2-SM3"
+    log = (tmp_path / "demo" / "state" / "audit.log").read_text()
+    assert '"event":"sign"' in log  # the local card service audited the test signature
+
+    listed = invoke("readers", "--json", "--config", str(production))
+    assert listed.exit_code == 0, listed.output
+    rows = {row["name"]: row for row in json.loads(listed.stdout)}
+    assert set(rows) == set(pcscd.readers)
+    assert rows[reader]["card_present"] is True
+    assert rows[reader]["selected_by_config"] is True
+    assert rows[pcscd.readers[1]]["card_present"] is False
+    assert rows[pcscd.readers[1]]["selected_by_config"] is False
