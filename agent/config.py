@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +28,9 @@ from pydantic import (
 
 ENV_PREFIX = "CARD_AGENT_"
 DEFAULT_PORT = 17321
+# In the state directory: the simulated card's test CAs (PEM), written by the runtime
+# when it builds the simulated backend, read by the selftest's chain check.
+SIMULATED_CA_FILE = "simulated-card-ca.pem"
 
 
 class ConfigError(Exception):
@@ -101,7 +105,7 @@ class SecurityConfig(_Section):
 
 class CardConfig(_Section):
     backend: Literal["simulated", "pcsc"] = "simulated"
-    reader: str | None = None  # exact name or regular expression; None = first with a card
+    reader: str | None = None  # a substring of the reader name (any case); None: any reader
     profile: str = "legal-person-sm2"  # simulated backend only
     # Simulated backend: where the card's keys and PIN counters persist (relative to
     # the state directory); "" keeps the card in memory only.
@@ -116,6 +120,13 @@ class CardConfig(_Section):
     # Demo/training kiosk: a virtual reader (vsmartcard-vpcd) is expected there, so the
     # selftest does not warn about it. Never set this on a production kiosk.
     demo: bool = False
+
+    def reader_pattern(self) -> re.Pattern[str] | None:
+        """`reader` as the backend and the selftest match reader names with it: a
+        case-insensitive substring; None for any reader."""
+        if self.reader is None:
+            return None
+        return re.compile(re.escape(self.reader), re.IGNORECASE)
 
 
 class PathsConfig(_Section):

@@ -43,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal, TypeVar, cast
 
-from agent.backend import BackendEvent, CardBackend
+from agent.backends import BackendEvent, CardBackend
 from card.eport.driver import CardDriver
 from card.errors import (
     CardError,

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.audit import AuditLog
-from agent.backend import CardBackend, PcscBackend, SimulatedBackend
+from agent.backends import CardBackend
 from agent.component import Component
-from agent.config import Config
+from agent.config import SIMULATED_CA_FILE, Config
 from agent.owner import CardOwner
 from agent.pairing import PairingStore
 from agent.service import CardService
@@ -45,17 +45,34 @@ def pairing_path(config: Config) -> Path:
     return config.paths.state_dir / "pairing.json"
 
 
+def simulated_ca_path(config: Config) -> Path:
+    """The simulated card's test CA certificates (PEM), written when its backend is
+    built: the selftest's chain check reads them as it would `card.ca_bundle`."""
+    return config.paths.state_dir / SIMULATED_CA_FILE
+
+
 def build_backend(config: Config) -> CardBackend:
     card = config.card
     if card.backend == "pcsc":
-        return PcscBackend(card.reader)
+        from agent.backends.pcsc import PcscBackend
+
+        return PcscBackend(card.reader_pattern())
+    from agent.backends.simulated import SimulatedBackend
     from simulator.card_os import SimulatedCard
     from simulator.knobs import CardKnobs, TimingModel
 
     timing = TimingModel.REALISTIC if card.timing == "realistic" else TimingModel.INSTANT
     state_file = state_dir(config) / card.sim_state_file if card.sim_state_file else None
     sim = SimulatedCard.create(card.profile, knobs=CardKnobs(timing=timing), state_path=state_file)
+    _write_private(simulated_ca_path(config), sim.state.ca_bundle_pem())
     return SimulatedBackend(sim)
+
+
+def _write_private(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="ascii")
+    tmp.chmod(0o600)
+    tmp.replace(path)
 
 
 def build_service(config: Config, backend: CardBackend, audit: AuditLog) -> CardService:

@@ -71,6 +71,11 @@ class CardState:
         ca_state = self.ca_states.get(algorithm)
         return None if ca_state is None else TestCA.from_state(ca_state)
 
+    def ca_bundle_pem(self) -> str:
+        """The certificates of the CAs behind this card's certificates, as a PEM bundle
+        (what a kiosk would configure as its CA bundle for a real card)."""
+        return "".join(ca["certificate_pem"] for ca in self.ca_states.values())
+
     # --- JSON --------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:

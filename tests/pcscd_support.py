@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from agent.backend import SimulatedBackend
+from agent.backends.simulated import SimulatedBackend
 from simulator.card_os import SimulatedCard
 from simulator.knobs import CardKnobs, TimingModel
 from simulator.pcscd import (

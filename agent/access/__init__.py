@@ -12,6 +12,9 @@ Two ways, one interface (`CardAccess`), the same dataclasses and one failure exc
 
 from __future__ import annotations
 
+import getpass
+import os
+import socket
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -81,3 +84,11 @@ class CardAccess(Protocol):
         """Verify the PIN, sign `message`, end the session (and the card's verified
         state), as any client of the agent would."""
         ...
+
+
+def local_user() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.geteuid())
+    return f"{user}@{socket.gethostname()}"

@@ -23,8 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.access import SELFTEST_TITLE, CardAccess, CardCommandError, ReaderView, SignTest
-from agent.access.service import local_user
+from agent.access import (
+    SELFTEST_TITLE,
+    CardAccess,
+    CardCommandError,
+    ReaderView,
+    SignTest,
+    local_user,
+)
 from agent.pairing import PairingError, PairingStore
 from agent.vocabulary import ErrorCode, Purpose
 from card.crypto.certs import CertificateInfo, certificate_from_pem, parse_certificate

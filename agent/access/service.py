@@ -3,27 +3,23 @@
 from __future__ import annotations
 
 import contextlib
-import getpass
-import os
-import socket
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from agent.access import SELFTEST_TITLE, CardAccess, CardCommandError, ReaderView, SignTest
+from agent.access import (
+    SELFTEST_TITLE,
+    CardAccess,
+    CardCommandError,
+    ReaderView,
+    SignTest,
+    local_user,
+)
 from agent.service import Caller, CardService
 from agent.vocabulary import Purpose
 from card.crypto.certs import CertificateInfo
 from card.eport.driver import CardInfo, CertSlot, PinStatus
 
 T = TypeVar("T")
-
-
-def local_user() -> str:
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = str(os.geteuid())
-    return f"{user}@{socket.gethostname()}"
 
 
 class ServiceAccess(CardAccess):

@@ -53,7 +53,6 @@ def _pcsc_rows(config: Config) -> list[dict[str, Any]]:
     holds the card."""
     from agent.access import CardCommandError
     from agent.access.readers import pcsc_readers
-    from agent.backend import reader_regex
     from card.errors import CardError
 
     try:
@@ -61,7 +60,7 @@ def _pcsc_rows(config: Config) -> list[dict[str, Any]]:
     except CardError as exc:  # pcscd not running, not reachable
         code = CardCommandError.from_exception(exc).code
         raise CardCommandError(code, f"pcscd: {exc}") from exc
-    pattern = reader_regex(config.card.reader)
+    pattern = config.card.reader_pattern()
     return [
         _row(view, view.name or "", pattern is None or bool(pattern.search(view.name or "")))
         for view in found

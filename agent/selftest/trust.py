@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.config import Config
+from agent.config import SIMULATED_CA_FILE, Config
 from card.crypto.certs import certificate_from_pem
+from card.errors import ProtocolError
 
 
 def load_pem_bundle(path: Path) -> list[bytes]:
@@ -17,19 +18,11 @@ def load_pem_bundle(path: Path) -> list[bytes]:
 
 
 def simulator_anchors(config: Config) -> list[bytes] | None:
-    """The simulated card's test CAs, from its state file (`card.sim_state_file`): the
-    CA that issued its certificates lives with the card. None when the card is kept in
-    memory only (no file to read: the agent's own process alone knows that CA), or the
+    """The simulated card's test CAs: the runtime writes them next to the card when it
+    builds the simulated backend (`agent.runtime.simulated_ca_path`). None when the
     file is missing or unreadable."""
-    name = config.card.sim_state_file
-    if not name:
-        return None
-    from simulator.state import StateStore
-
+    path = config.paths.state_dir / SIMULATED_CA_FILE
     try:
-        state = StateStore(config.paths.state_dir / name).load()
-    except (OSError, ValueError, KeyError):
+        return load_pem_bundle(path) or None
+    except (OSError, ProtocolError):
         return None
-    if state is None:
-        return None
-    return [certificate_from_pem(ca["certificate_pem"]) for ca in state.ca_states.values()]

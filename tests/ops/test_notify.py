@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from agent.audit import AuditLog
-from agent.backend import BackendEvent
+from agent.backends import BackendEvent
 from agent.notify import SystemdNotifier, notify_address, watchdog_interval
 from agent.owner import CardOwner, CardState, OwnerHealth
 from agent.service import CardService

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -11,7 +12,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from agent.backend import BackendEvent, BackendEventQueue
+from agent.backends import BackendEvent, BackendEventQueue
 from agent.owner import Busy, CardOwner, JobTimeout, OwnerEvent, OwnerStopped
 from card.errors import CardMissing, CardRemoved, CardReset, WrongPinError, error_for_sw
 
@@ -397,7 +398,7 @@ def test_stop_fails_pending_jobs_and_joins_the_thread() -> None:
 def test_simulated_card_end_to_end_with_a_card_pull() -> None:
     card_os = pytest.importorskip("simulator.card_os")
     pytest.importorskip("simulator.inprocess")
-    from agent.backend import SimulatedBackend
+    from agent.backends.simulated import SimulatedBackend
 
     backend = SimulatedBackend(card_os.SimulatedCard.create("legal-person-sm2"))
 
@@ -434,7 +435,7 @@ def test_simulated_card_end_to_end_with_a_card_pull() -> None:
 
 
 def test_pcsc_backend_filters_events_and_wakes_through_the_monitor() -> None:
-    from agent.backend import PcscBackend
+    from agent.backends.pcsc import PcscBackend
 
     class FakeMonitor:
         def __init__(self) -> None:
@@ -475,7 +476,7 @@ def test_pcsc_backend_filters_events_and_wakes_through_the_monitor() -> None:
         return transports[-1]
 
     backend = PcscBackend(
-        "virtual pcd",
+        re.compile("virtual pcd", re.IGNORECASE),
         open_session=lambda t: FakeDriver(len(transports)),
         transport_factory=make_transport,
         monitor_factory=lambda: monitor,

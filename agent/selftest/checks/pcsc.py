@@ -44,9 +44,7 @@ async def pcscd(ctx: SelftestContext) -> Outcome:
 @check("reader", "reader present", order=30, needs=(Need.CARD,), provides=Need.CARD)
 async def reader(ctx: SelftestContext) -> Outcome:
     if ctx.readers is not None:  # PC/SC: pick the reader as the backend does
-        from agent.backend import reader_regex
-
-        pattern = reader_regex(ctx.config.card.reader)
+        pattern = ctx.config.card.reader_pattern()
         names = [r.name or "" for r in ctx.readers]
         matching = [r for r in ctx.readers if pattern is None or pattern.search(r.name or "")]
         if not matching:
