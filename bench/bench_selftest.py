@@ -34,7 +34,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -46,7 +45,9 @@ sys.path.insert(0, str(ROOT))
 from agent.access.service import ServiceAccess  # noqa: E402
 from agent.cli.card_access import DeferredCardAccess  # noqa: E402
 from agent.config import Config, load_config  # noqa: E402
+from agent.runtime import build_runtime  # noqa: E402
 from agent.selftest import run_selftest  # noqa: E402
+from tests.support.server import ServerThread  # noqa: E402
 
 CARD_AGENT = Path(sys.executable).with_name("card-agent")
 ORIGIN = "chrome-extension://" + "abcdefghijklmnop" * 2
@@ -102,29 +103,6 @@ def cli_run(config: Path, *extra: str) -> dict[str, Any]:
     return dict(json.loads(result.stdout))
 
 
-def in_process_agent(config_path: Path) -> tuple[Any, Any, asyncio.AbstractEventLoop, Any]:
-    import uvicorn
-
-    from agent.runtime import build_runtime
-
-    config = load_config(config_path, env={})
-    runtime = build_runtime(config)
-    server = uvicorn.Server(
-        uvicorn.Config(runtime.app, host="127.0.0.1", port=config.server.port, log_level="error")
-    )
-    loops: list[asyncio.AbstractEventLoop] = []
-
-    async def serve() -> None:
-        loops.append(asyncio.get_running_loop())
-        await server.serve()
-
-    thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    return runtime, server, loops[0], thread
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=15, help="runs per mode (default 15)")
@@ -137,22 +115,21 @@ def main() -> None:
 
         # In-process: the agent on uvicorn in a thread, the selftest on its loop or ours.
         config_path = write_config(root / "inproc", free_port())
-        runtime, server, loop, thread = in_process_agent(config_path)
+        runtime = build_runtime(load_config(config_path, env={}))
         config = runtime.config
         try:
-            results["in-process, in-agent"] = measure(
-                args.n,
-                lambda: asyncio.run_coroutine_threadsafe(
-                    run_selftest(config, ServiceAccess.remote(runtime.service)), loop
-                ).result(30),
-                "in-agent",
-            )
-            results["in-process, via API"] = measure(
-                args.n, lambda: asyncio.run(cli_selftest(config)), "via API"
-            )
+            with ServerThread.on_port(runtime.app, config.server.port) as server:
+                results["in-process, in-agent"] = measure(
+                    args.n,
+                    lambda: server.call(
+                        run_selftest(config, ServiceAccess.remote(runtime.service))
+                    ),
+                    "in-agent",
+                )
+                results["in-process, via API"] = measure(
+                    args.n, lambda: asyncio.run(cli_selftest(config)), "via API"
+                )
         finally:
-            server.should_exit = True
-            thread.join(10)
             # The stopped agent's audit log is still open (and locked) in this process;
             # the CLI's own card service needs it.
             runtime.audit.close()

@@ -11,7 +11,6 @@ locally with the reason; under CI (CI=1) they fail it.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -19,7 +18,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support.server import ServerThread
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -216,53 +216,25 @@ def start_agent(
 @dataclass
 class InProcessAgent:
     runtime: Any
-    server: Any
-    thread: threading.Thread
-    loop: asyncio.AbstractEventLoop | None = None
+    server: ServerThread
 
     def call(self, coro: Any, timeout: float = 30) -> Any:
         """Run `coro` on the agent's own event loop (as a component would)."""
-        assert self.loop is not None
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        return self.server.call(coro, timeout)
 
 
 @contextlib.contextmanager
 def in_process_agent(config_path: Path) -> Iterator[InProcessAgent]:
-    import uvicorn
-
     from agent.config import load_config
     from agent.runtime import build_runtime
 
     config = load_config(config_path, env={})
     runtime = build_runtime(config)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            runtime.app,
-            host="127.0.0.1",
-            port=config.server.port,
-            log_level="warning",
-            access_log=False,
-        )
-    )
-    holder: dict[str, asyncio.AbstractEventLoop] = {}
-
-    async def serve() -> None:
-        holder["loop"] = asyncio.get_running_loop()
-        await server.serve()
-
-    thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
-    thread.start()
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("in-process agent did not start")
-        time.sleep(0.01)
-    agent = InProcessAgent(runtime, server, thread, holder["loop"])
     try:
-        yield agent
+        with ServerThread.on_port(runtime.app, config.server.port) as server:
+            yield InProcessAgent(runtime, server)
     finally:
-        server.should_exit = True
-        thread.join(15)
+        runtime.audit.close()
 
 
 def report_of(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from agent.audit import AuditLog
-from agent.backends import BackendEvent
+from agent.backends import BackendEvent, BackendEventQueue
 from agent.notify import SystemdNotifier, notify_address, watchdog_interval
 from agent.owner import CardOwner, CardState, OwnerHealth
 from agent.service import CardService
@@ -168,12 +168,12 @@ class _BlockingBackend:
     """A reader with a card whose driver call can be made to hang."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._events = [
-            BackendEvent("reader_added", READER),
-            BackendEvent("card_inserted", READER, b"\x3b\x00"),
-        ]
-        self._woken = False
+        self._events = BackendEventQueue(
+            (
+                BackendEvent("reader_added", READER),
+                BackendEvent("card_inserted", READER, b"\x3b\x00"),
+            )
+        )
 
     def open_driver(self) -> Any:
         return object()
@@ -182,19 +182,13 @@ class _BlockingBackend:
         pass
 
     def poll_events(self, timeout_s: float) -> list[BackendEvent]:
-        with self._cond:
-            self._cond.wait_for(lambda: bool(self._events) or self._woken, timeout_s)
-            events, self._events = self._events, []
-            self._woken = False
-            return events
+        return self._events.wait(timeout_s)
 
     def wake(self) -> None:
-        with self._cond:
-            self._woken = True
-            self._cond.notify_all()
+        self._events.wake()
 
     def close(self) -> None:
-        pass
+        self._events.close()
 
 
 def test_pings_stop_while_the_card_thread_hangs_and_resume_after(
