@@ -156,7 +156,8 @@ class SecurityMiddleware:
                 return
         length = _header(scope, b"content-length")
         if length is not None:
-            if not length.isdigit():
+            # isdigit() alone also takes "²" or "٣", which int() refuses.
+            if not (length.isascii() and length.isdigit()):
                 await self._refuse(
                     scope, receive, send, 400, "invalid_input", "Bad Content-Length.", origin
                 )
