@@ -51,16 +51,20 @@ def reply(
 ) -> str:
     """One reply frame. Key order and `_status` "00" as the real client sends them
     (it answers "00" even when `Result` is false)."""
-    return json.dumps(
-        {
-            "_id": req_id,
-            "_method": method,
-            "_status": "00",
-            "_args": {"Result": result, "Data": list(data), "Error": list(error)},
-        },
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
+    frame = {
+        "_id": req_id,
+        "_method": method,
+        "_status": "00",
+        "_args": {"Result": result, "Data": list(data), "Error": list(error)},
+    }
+    text = json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (a request's "\ud800" escape, echoed in `_id` or `_method`)
+        # cannot travel in a WebSocket text frame: send it escaped, as JSON allows.
+        text = json.dumps(frame, ensure_ascii=True, separators=(",", ":"))
+    return text
 
 
 def greeting() -> str:
