@@ -9,7 +9,9 @@
 # long runs found (artifacts/fuzz/<target>/corpus/, kept between runs), and writes
 # new inputs there and crash reproducers as artifacts/fuzz/<target>/crash-* (artifacts/
 # is gitignored). Replay one with: .venv/bin/python tests/fuzz/fuzz_<target>.py FILE
-# Exit status: 0 when no target crashed, 1 otherwise.
+# More libFuzzer flags in FUZZ_FLAGS, e.g. FUZZ_FLAGS="-len_control=0" (long inputs
+# from the start instead of growing them slowly). Exit status: 0 when no target
+# crashed, 1 otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,7 +40,7 @@ for target in "${targets[@]}"; do
   mkdir -p "$out/corpus"
   echo "== $target: ${seconds}s, crashes -> $out/, log -> $out/fuzz.log"
   if "$PY" "$harness" "$out/corpus" "tests/fuzz/corpus/$target" \
-      -max_total_time="$seconds" -artifact_prefix="$out/" -print_final_stats=1 \
+      -max_total_time="$seconds" -artifact_prefix="$out/" -print_final_stats=1 ${FUZZ_FLAGS:-} \
       >"$out/fuzz.log" 2>&1; then
     grep -E '^(#[0-9]+ +DONE|stat::(number_of_executed_units|average_exec_per_sec))' \
       "$out/fuzz.log" || true

@@ -15,8 +15,8 @@ written like HTTP/1.1 on the wire, minus the version:
 `@TOKEN@` becomes the token of a client paired at start-up. What uvicorn's HTTP parser
 would refuse before the app sees it (a method or target with bytes HTTP does not allow,
 a header name that is not a token, a body shorter than its Content-Length) is skipped.
-Before each input the card's PIN counter is reset and signing sessions end, so one
-input cannot block the card for all that follow.
+Before each input the card's PIN and its counter are reset and signing sessions end,
+so one input cannot block the card (or change its PIN) for all that follow.
 
 Properties: the app never raises and never answers 500 / `internal_error`, logs no
 error; every answer of 400 or more is the JSON error shape `{"error": {"code",
@@ -59,6 +59,7 @@ with atheris.instrument_imports(include=list(OURS)):
 
 PORT = 17321
 ORIGIN = "chrome-extension://" + "abcdefghijklmnop" * 2
+CARD_PIN = "88888888"  # the simulated card's (legal-person-sm2)
 MAX_BODY_BYTES = 16 * 1024
 MAX_DATA_BYTES = 48  # small, so that inputs can cross it
 REQUEST_SEPARATOR = re.compile(rb"\r?\n\x1e\r?\n")
@@ -100,7 +101,7 @@ def build_app(state_dir: Path) -> tuple[ASGIApp, bytes, Callable[[], None]]:
     card = runtime.backend.card  # type: ignore[attr-defined]
 
     def before_input() -> None:
-        card.state.pin.reset_counter()
+        card.state.pin.set_value(CARD_PIN)  # also after a PIN change; counter back to full
         runtime.service.sessions.end_all()
 
     return runtime.app, token.encode("ascii"), before_input

@@ -85,12 +85,17 @@ def main(
     argv: Sequence[str] | None = None,
 ) -> None:
     """Run libFuzzer on `test_one_input`. `defaults` are libFuzzer flags (`-max_len=N`)
-    used unless the command line gives the same flag. Crash reproducers go to
-    artifacts/fuzz/<name>/ (gitignored) unless `-artifact_prefix` says otherwise."""
+    used unless the command line gives the same flag. tests/fuzz/dicts/<name>.dict,
+    when there is one, is the libFuzzer dictionary (tokens the mutator inserts). Crash
+    reproducers go to artifacts/fuzz/<name>/ (gitignored) unless `-artifact_prefix`
+    says otherwise."""
     import atheris
 
     args = list(sys.argv if argv is None else argv)
     given = {a.split("=", 1)[0] for a in args[1:] if a.startswith("-")}
+    dictionary = HERE / "dicts" / f"{name}.dict"
+    if "-dict" not in given and dictionary.is_file():
+        defaults = (*defaults, f"-dict={dictionary}")
     if "-artifact_prefix" not in given:
         crashes = ARTIFACTS / name
         crashes.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Writes the seed corpora in tests/fuzz/corpus/ from the real components.
 
 The seeds are kept in the repository (the short fuzz runs in the test suite start from
-them); run this only when a format changes: `python tests/fuzz/make_seeds.py`. Keys,
+them); run this only when a format changes: `python tests/fuzz/make_seeds.py [target...]`. Keys,
 signatures and audit ids are random, so a re-run rewrites most files.
 
 - apdu: every command and response APDU of real card sessions (card info, both
@@ -170,6 +170,9 @@ def compat_seeds() -> Iterable[tuple[str, bytes]]:
     blocks = encode_blocks(big.decode("utf-8"), "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0", 64)
     yield "blocktxt-chunked-sign", b"\x00" + b"\xff".join(b.encode("utf-8") for b in blocks)
     yield "blocktxt-then-frame", b"\x00" + blocks[0].encode("utf-8") + b"\xff" + frames["cert"]
+    # Nested past json's recursion limit (the endpoint refuses it before parsing).
+    deep = b'{"_method":"cus-sec_SpcGetCardID","_id":1,"args":' + b"[" * 1200 + b"]" * 1200
+    yield "frame-nested-deep", b"\x00" + deep + b"}"
     yield (
         "chunking-text",
         b"\x01" + bytes((20,)) + bytes(range(16)) + b"\x00\x01\x02\x03" + "签名数据 sign".encode(),
@@ -193,6 +196,7 @@ def api_seeds() -> Iterable[tuple[str, bytes]]:
         payload = b""
         if body is not None:
             payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        if method == "POST":
             lines += ["Content-Type: application/json", f"Content-Length: {len(payload)}"]
         return "\r\n".join(lines).encode() + b"\r\n\r\n" + payload
 
@@ -280,20 +284,23 @@ def audit_seeds() -> Iterable[tuple[str, bytes]]:
     yield "log-long-line", b"\x03" + content
 
 
-def main() -> None:
-    recordings = sessions()
-    write("apdu", apdu_seeds(recordings))
-    write(
-        "card_os",
-        ((name, card_os_seed(c, lim, ex)) for name, (c, lim, ex) in recordings.items()),
-    )
-    write("compat", compat_seeds())
-    write("api", api_seeds())
-    write("audit", audit_seeds())
-    for folder in sorted(CORPUS.iterdir()):
-        files = list(folder.iterdir())
-        print(f"{folder.name}: {len(files)} seeds, {sum(f.stat().st_size for f in files)} bytes")
+def main(targets: list[str]) -> None:
+    """Rewrite the corpora of `targets` (all when empty)."""
+    recordings = sessions() if not targets or {"apdu", "card_os"} & set(targets) else {}
+    makers: dict[str, Callable[[], Iterable[tuple[str, bytes]]]] = {
+        "apdu": lambda: apdu_seeds(recordings),
+        "card_os": lambda: (
+            (name, card_os_seed(c, lim, ex)) for name, (c, lim, ex) in recordings.items()
+        ),
+        "compat": compat_seeds,
+        "api": api_seeds,
+        "audit": audit_seeds,
+    }
+    for target in targets or list(makers):
+        write(target, makers[target]())
+        files = list((CORPUS / target).iterdir())
+        print(f"{target}: {len(files)} seeds, {sum(f.stat().st_size for f in files)} bytes")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
