@@ -105,6 +105,10 @@ def parse_request(text: str) -> Request:
         obj = json.loads(text)
     except ValueError:
         raise BadRequest("not JSON") from None
+    except RecursionError:
+        # The endpoint refuses deep nesting before parsing (json_depth_exceeds); this
+        # keeps the parser's own promise for any other caller.
+        raise BadRequest("JSON nested too deep") from None
     if not isinstance(obj, dict):
         raise BadRequest("not a JSON object")
     method = obj.get("_method")

@@ -76,6 +76,15 @@ def test_parse_request() -> None:
     assert (exc.value.method, exc.value.req_id) == ("cus-sec_SpcSignData", 4)
 
 
+def test_parse_request_refuses_nesting_past_the_recursion_limit() -> None:
+    # Found with tests/fuzz/fuzz_compat.py (its property: any text -> BadRequest or a
+    # Request): json.loads raised RecursionError. The endpoint checks nesting first, so
+    # only a direct caller could meet it.
+    text = '{"_method":"cus-sec_SpcGetCardID","_id":1,"args":' + "[" * 1200 + "]" * 1200 + "}"
+    with pytest.raises(BadRequest):
+        parse_request(text)
+
+
 def test_function_names_for_both_prefixes() -> None:
     assert function_name("cus-sec_SpcSignData") == "SpcSignData"
     assert function_name("security_SpcSignData") == "SpcSignData"
