@@ -199,7 +199,7 @@ def check_exchange(data: bytes) -> None:
         # Only a refused chunk of a chained command comes back as it was (the command
         # never completed, so there is nothing to GET RESPONSE for).
         assert sent[-1].cla & CLA_CHAINING, f"{response.sw:04X} returned as final"
-    assert len(response.data) <= config.max_response_size
+    assert len(response.data) <= config.max_response_size, (len(response.data), config)
 
 
 def check_chaining(command: CommandApdu, sent: list[CommandApdu]) -> None:

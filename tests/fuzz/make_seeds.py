@@ -142,6 +142,8 @@ def apdu_seeds(
                 kind = "command" if mode == 0 else "response"
                 yield f"{kind}-{name}-{n:02d}", bytes((mode,)) + raw
     yield "fields-case4", bytes((2,)) + bytes(range(1, 40))
+    # Reproducer found by this harness (a refused chained chunk's data past the size cap).
+    yield "regression-refused-chunk-size", base64.b64decode("c3Nzi3PJyQAAxAAAiwABAACEAA==")
     yield "exchange-61xx", bytes((3,)) + bytes((1, 1, 40, 2, 200)) + b"\x01\x00\x61\x10" * 8
 
 
@@ -170,6 +172,8 @@ def compat_seeds() -> Iterable[tuple[str, bytes]]:
     blocks = encode_blocks(big.decode("utf-8"), "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0", 64)
     yield "blocktxt-chunked-sign", b"\x00" + b"\xff".join(b.encode("utf-8") for b in blocks)
     yield "blocktxt-then-frame", b"\x00" + blocks[0].encode("utf-8") + b"\xff" + frames["cert"]
+    # Reproducer found by this harness: a lone surrogate in `_id`, echoed in the reply.
+    yield "regression-surrogate-id", b'\x00{"_method":"cus-sec_SpcSignData","_id":"t\\ud800"}'
     # Nested past json's recursion limit (the endpoint refuses it before parsing).
     deep = b'{"_method":"cus-sec_SpcGetCardID","_id":1,"args":' + b"[" * 1200 + b"]" * 1200
     yield "frame-nested-deep", b"\x00" + deep + b"}"
@@ -253,6 +257,15 @@ def api_seeds() -> Iterable[tuple[str, bytes]]:
     )
     yield "openapi", request("GET", "/v1/openapi.json", token=False)
     yield "not-found", request("GET", "/v1/nothing?x=%41")
+    # Reproducer found by this harness: a Latin-1 superscript digit in Content-Length.
+    yield (
+        "regression-content-length-superscript",
+        (
+            f"POST /v1/pair/claim\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
+            "Content-Length: \xb21\r\n\r\n"
+        ).encode("latin-1")
+        + b'{"request_id": "abc"}',
+    )
 
 
 def audit_seeds() -> Iterable[tuple[str, bytes]]:
