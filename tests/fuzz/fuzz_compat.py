@@ -112,6 +112,8 @@ def check_outcome(assembler: BlockAssembler, outcome: BlockOutcome) -> None:
         assert outcome.ack.ok
         assert outcome.ack.finish
         assert utf16_len(outcome.message) <= assembler.max_units
+    # The memory bound BlockAssembler promises is about its pending group, which it
+    # does not expose: read it directly.
     group = assembler._group
     assert group is None or group.units <= group.header.total_units <= assembler.max_units
 
