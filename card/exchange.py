@@ -78,7 +78,10 @@ class ApduExchange:
         else:
             response, complete = self._send_command(command)
         if not complete:
-            return response  # a chained chunk was refused: the command never completed
+            # A chained chunk was refused: the command never completed. The refusal may
+            # still carry data, and the size cap holds for every response returned.
+            self._check_size(len(response.data))
+            return response
         if response.sw >> 8 == 0x6C:
             # Wrong Le: resend once with the exact length the card told us. A chained
             # command is resent whole: the card has ended the chain, so the last chunk
@@ -87,6 +90,7 @@ class ApduExchange:
                 command.with_le((response.sw & 0xFF) or SHORT_MAX_LE)
             )
             if not complete:
+                self._check_size(len(response.data))
                 return response
             if response.sw >> 8 == 0x6C:
                 raise WrongLength(response.sw, "card asked for a second Le correction")

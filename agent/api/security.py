@@ -110,7 +110,7 @@ def length_is_valid(request: Incoming, policy: Policy) -> Refusal | None:
     length = request.content_length
     if length is None:
         return None
-    if not length.isdigit():
+    if not (length.isascii() and length.isdigit()):  # "²1" is a digit to isdigit()
         return Refusal(400, ErrorCode.INVALID_INPUT, "Bad Content-Length.")
     if int(length) > policy.max_body:
         return _too_large(policy)

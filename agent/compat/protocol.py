@@ -53,16 +53,20 @@ def reply(
 ) -> str:
     """One reply frame. Key order and `_status` "00" as the real client sends them
     (it answers "00" even when `Result` is false)."""
-    return json.dumps(
-        {
-            "_id": req_id,
-            "_method": method,
-            "_status": "00",
-            "_args": {"Result": result, "Data": list(data), "Error": list(error)},
-        },
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
+    frame = {
+        "_id": req_id,
+        "_method": method,
+        "_status": "00",
+        "_args": {"Result": result, "Data": list(data), "Error": list(error)},
+    }
+    text = json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (a request's "\ud800" escape, echoed in `_id` or `_method`)
+        # cannot travel in a WebSocket text frame: send it escaped, as JSON allows.
+        text = json.dumps(frame, ensure_ascii=True, separators=(",", ":"))
+    return text
 
 
 def greeting() -> str:
@@ -98,8 +102,9 @@ class BadRequest(Exception):
 
 
 class UnanswerableRequest(BadRequest):
-    """The frame's `_method` or `_id` is not text (a lone surrogate): no reply can echo
-    them, so the connection is closed (1007, invalid payload data)."""
+    """The frame's `_method` is not text (a lone surrogate): pages route replies by
+    `_method`, and no callback can be waiting for this one, so the connection is closed
+    (1007, invalid payload data). An `_id` that is not text is echoed escaped."""
 
 
 def parse_request(text: str) -> Request:
@@ -112,14 +117,16 @@ def parse_request(text: str) -> Request:
         obj = json.loads(text)
     except ValueError:
         raise BadRequest("not JSON") from None
+    except RecursionError:
+        # The endpoint refuses deep nesting before parsing (json_depth_exceeds); this
+        # keeps the parser's own promise for any other caller.
+        raise BadRequest("JSON nested too deep") from None
     if not isinstance(obj, dict):
         raise BadRequest("not a JSON object")
     method = obj.get("_method")
     raw_id = obj.get("_id")
-    if (isinstance(method, str) and not is_text(method)) or (
-        isinstance(raw_id, str) and not is_text(raw_id)
-    ):
-        raise UnanswerableRequest("_method or _id is not text")
+    if isinstance(method, str) and not is_text(method):
+        raise UnanswerableRequest("_method is not text")
     if not isinstance(method, str) or not method or len(method) > 128:
         raise BadRequest("no _method")
     # Pages send numbers, some tools strings; echo whatever came, if it is a scalar.

@@ -248,7 +248,7 @@ async def _converse(
         try:
             answer = await _answer(conn, text)
         except UnanswerableRequest:
-            log.info("compat: closing a page that sent invalid text in _method or _id")
+            log.info("compat: closing a page that sent invalid text in _method")
             await ws.close(code=1007)
             return
         if answer is not None:

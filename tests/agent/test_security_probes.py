@@ -185,6 +185,19 @@ def test_middleware_refuses_missing_and_duplicated_host_or_origin(
     assert code == ("host_forbidden" if not has_host or repeated_host else "origin_forbidden")
 
 
+@pytest.mark.parametrize("length", ["²", "1³", "¹0", "+1", " 1", "1_0"])
+def test_middleware_refuses_a_content_length_that_is_not_ascii_digits(length: str) -> None:
+    """Found by tests/fuzz/fuzz_api.py: str.isdigit() also takes the superscript digits
+    of Latin-1 (header bytes are decoded as Latin-1), and int() then raised inside the
+    middleware: an internal error. uvicorn's h11 refuses such a header before the app;
+    the middleware must not rely on it."""
+    host = (b"host", b"127.0.0.1:17321")
+    reached, sent = _asgi_probe([host, (b"content-length", length.encode("latin-1"))])
+    assert not reached
+    assert sent[0]["status"] == 400
+    assert json.loads(sent[1]["body"])["error"]["code"] == "invalid_input"
+
+
 def test_websocket_upgrade_with_bad_host_is_refused(agent: Agent) -> None:
     for host in [*bad_hosts(agent.port), None]:
         request = WS_UPGRADE.format(

@@ -4,7 +4,7 @@
 The adversarial run signed with the card and then failed to audit (UnicodeEncodeError),
 leaving no record; and a lone surrogate in `_method` ended in a traceback and a dropped
 connection. Now arguments are checked before the card is touched (Err:Base50000), and a
-request that cannot be answered (its `_method` or `_id` is not text) closes the
+request that cannot be answered (its `_method` is not text) closes the
 connection with 1007, the WebSocket code for invalid payload data, and one log line.
 """
 
@@ -67,7 +67,7 @@ def test_invalid_text_in_arguments_is_refused_before_the_card(
     "frame",
     [
         '{"_method": "cus-sec_SpcGetCardID\\ud800", "_id": 1}',
-        '{"_method": "cus-sec_SpcGetCardID", "_id": "x\\udfff"}',
+        '{"_method": "\\udfffcus-sec_SpcSignData", "_id": 2, "args": {"inData": "x"}}',
     ],
 )
 def test_a_request_that_cannot_be_answered_closes_with_1007(agent: CompatAgent, frame: str) -> None:

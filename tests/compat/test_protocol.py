@@ -52,6 +52,16 @@ def test_reply_shape_and_key_order() -> None:
     assert "\\u" not in text  # Chinese as UTF-8, not escaped
 
 
+def test_reply_escapes_a_lone_surrogate_it_echoes() -> None:
+    # Found by tests/fuzz/fuzz_compat.py: `"_id":"t\\ud800"` is valid JSON, parses to a
+    # lone surrogate, and the reply echoing it could not be sent as a text frame (UTF-8).
+    text = reply("t\ud800", "cus-sec_SpcGetCardID\udfff", result=True, data=["中文"])
+    text.encode("utf-8")
+    assert json.loads(text)["_id"] == "t\ud800"
+    assert json.loads(text)["_method"] == "cus-sec_SpcGetCardID\udfff"
+    assert json.loads(text)["_args"]["Data"] == ["中文"]
+
+
 def test_parse_request() -> None:
     req = parse_request('{"_method":"security_SpcGetCardID","_id":"1"}')
     assert (req.id, req.method, req.args) == ("1", "security_SpcGetCardID", {})
@@ -64,6 +74,15 @@ def test_parse_request() -> None:
     with pytest.raises(BadRequest) as exc:
         parse_request('{"_method":"cus-sec_SpcSignData","_id":4,"args":"x"}')
     assert (exc.value.method, exc.value.req_id) == ("cus-sec_SpcSignData", 4)
+
+
+def test_parse_request_refuses_nesting_past_the_recursion_limit() -> None:
+    # Found with tests/fuzz/fuzz_compat.py (its property: any text -> BadRequest or a
+    # Request): json.loads raised RecursionError. The endpoint checks nesting first, so
+    # only a direct caller could meet it.
+    text = '{"_method":"cus-sec_SpcGetCardID","_id":1,"args":' + "[" * 1200 + "]" * 1200 + "}"
+    with pytest.raises(BadRequest):
+        parse_request(text)
 
 
 def test_function_names_for_both_prefixes() -> None:

@@ -49,6 +49,20 @@ def test_a_page_closing_mid_request_leaves_the_agent_healthy(agent: CompatAgent)
     assert [r["result"] for r in signs] == ["ok", "ok"]
 
 
+def test_a_lone_surrogate_id_is_answered_and_the_page_stays_connected(
+    agent: CompatAgent,
+) -> None:
+    # Found by tests/fuzz/fuzz_compat.py: the reply echoed `_id` with a lone surrogate
+    # (from a valid "\\ud800" escape) and could not be sent; the connection broke.
+    number = agent.sim.state.card_number
+    with agent.client() as page:
+        page.send('{"_method":"cus-sec_SpcGetCardID","_id":"t\\ud800"}')
+        frame = page.recv()
+        assert frame["_id"] == "t\ud800"
+        assert ok_data(frame["_args"]) == [number]
+        assert ok_data(page.call("cus-sec_SpcGetCardID")) == [number]
+
+
 def test_closing_the_page_clears_the_card(agent: CompatAgent) -> None:
     with agent.client() as page:
         ok_data(page.call("cus-sec_SpcVerifyPIN", {"passwd": CARD_PIN}))

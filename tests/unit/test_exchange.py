@@ -293,6 +293,22 @@ def test_chain_stops_at_the_first_refused_chunk() -> None:
         ex.send(command)
 
 
+def test_refused_chunk_with_data_respects_max_response_size() -> None:
+    # Found by tests/fuzz/fuzz_apdu.py: a card refusing a chained chunk with a long
+    # answer got its data past the size cap (the refused-chunk path skipped the check).
+    class Chatty(ScriptedCard):
+        def transmit(self, apdu: bytes) -> bytes:
+            self.received.append(apdu)
+            return pattern(201) + b"\x69\x85"
+
+    card = Chatty()
+    with pytest.raises(ProtocolError, match="exceeds 2 bytes"):
+        exchange(card, max_command_data=133, max_response_size=2).transmit(
+            CommandApdu(0x00, 0xDA, 0, 0, pattern(300))
+        )
+    assert len(card.received) == 1
+
+
 def test_chaining_refused_by_the_card() -> None:
     card = ScriptedCard(chaining=False)
     with pytest.raises(ChainingNotSupported) as info:
