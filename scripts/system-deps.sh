@@ -5,7 +5,12 @@ set -euo pipefail
 
 PKGS=(pcscd libpcsclite-dev vsmartcard-vpcd pcsc-tools opensc swig openssl
       mosquitto mosquitto-clients chromium fonts-noto-cjk
-      systemd libseccomp2)  # tests/ops: systemd-analyze; the unit's seccomp filters
+      systemd libseccomp2   # tests/ops: systemd-analyze; the unit's seccomp filters
+      # scripts/build-deb.sh: the package (dpkg-deb, lintian), its private venv built
+      # for Debian's own python3.11 (pyscard compiles against its headers)
+      dpkg-dev lintian python3.11-dev python3-venv
+      # tests/system: a bookworm rootfs booted under systemd-nspawn
+      mmdebstrap systemd-container debian-archive-keyring)
 
 missing=()
 for p in "${PKGS[@]}"; do
