@@ -8,8 +8,8 @@
 #   scripts/build-deb.sh --lintian             # then lintian: fails on any tag that
 #                                              # packaging/deb/lintian-overrides lacks
 #   scripts/build-deb.sh --relock              # first re-pin packaging/deb/requirements.txt
-#   scripts/build-deb.sh --fast                # xz -1 instead of -6: the same files, a
-#                                              # 10% bigger .deb, 4x faster (the tests)
+#   scripts/build-deb.sh --fast                # xz -1 instead of -6 (the tests): the same
+#                                              # files, a 10% bigger .deb, 4x faster xz
 #
 # The package holds the application and its pinned Python dependencies
 # (packaging/deb/requirements.txt, hash-checked) in a private virtualenv,
@@ -55,7 +55,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-for tool in dpkg-deb dpkg-shlibdeps unshare "$TARGET_PYTHON"; do
+for tool in dpkg-deb dpkg-shlibdeps unshare flock "$TARGET_PYTHON"; do
   command -v "$tool" >/dev/null 2>&1 || die "$tool missing: run scripts/system-deps.sh"
 done
 [ -d /opt ] || die "/opt missing: the venv is built under an overlay of /opt"
@@ -105,6 +105,9 @@ fi
 # --- wheels: the pinned dependencies, pyscard built from its sdist, card-agent --------
 # The builder is a venv of Debian's python3.11 (pip from python3-venv): wheels are chosen
 # and compiled for exactly the interpreter the package runs on.
+# The cache is shared by every checkout on the machine: one build at a time fills it.
+exec 9>"$CACHE/.lock"
+flock 9
 BUILDER=$CACHE/builder-$("$TARGET_PYTHON" -c 'import platform; print(platform.python_version())')
 if [ ! -x "$BUILDER/bin/python" ]; then
   "$TARGET_PYTHON" -m venv "$BUILDER.tmp" && mv "$BUILDER.tmp" "$BUILDER"
@@ -144,6 +147,7 @@ while read -r pin hash _ file; do
       ln -s "$built"/*.whl "$WORK/wheelhouse/" ;;
   esac
 done <<<"$LOCKED"
+flock -u 9
 pip wheel --quiet --no-deps -w "$WORK/wheelhouse" "$WORK/src"
 echo "card-agent==$APP_VERSION" >>"$WORK/pins.txt"
 
