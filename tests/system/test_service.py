@@ -9,7 +9,8 @@ One system for the whole module, in this order (each test builds on the one befo
    chain and the edited configuration kept.
 3. reboot: card-agent.service active with Type=notify as its own user; the selftest
    passes through pcscd (socket-activated) with the simulated card behind vpcd; the
-   polkit rule; `systemd-analyze security`; the sandbox probed from inside the unit.
+   polkit rule; `systemd-analyze security`; the sandbox probed from inside the unit;
+   a broken configuration fails the start, and the failure carries the journal.
 4. the watchdog (SIGSTOP) and a kill -9: restarted, audit chain intact.
 5. apt remove keeps the state, a reinstall starts the service, apt purge leaves
    nothing.
@@ -43,6 +44,7 @@ UNIT = "card-agent.service"
 PIN = "88888888"  # the simulated legal-person-sm2 card's
 ORIGIN = "chrome-extension://abcdefghijklmnopabcdefghijklmnop"
 STATE = "/var/lib/card-agent"
+CONFIG = "/etc/card-agent/config.toml"
 WATCHDOG_S = 30  # WatchdogSec= in systemd/card-agent.service
 START_S = 30  # TimeoutStartSec=
 LISTEN_PORT = 9077
@@ -110,7 +112,7 @@ class Kiosk:
         return {c["client_id"]: c["client_name"] for c in self.cli("pair", "list", "--json")}
 
     def config_sha256(self) -> str:
-        return self.box.exec("sha256sum", "/etc/card-agent/config.toml").stdout.split()[0]
+        return self.box.exec("sha256sum", CONFIG).stdout.split()[0]
 
     def apt(self, *args: str) -> str:
         with apt_lock():
@@ -242,7 +244,7 @@ def test_upgrade_restarts_and_keeps_pairings_audit_and_config(kiosk: Kiosk) -> N
         assert kiosk.audit_log().startswith(kiosk.facts["audit"])
         kiosk.audit_verify()
         assert kiosk.config_sha256() == kiosk.facts["config"], "the edited config.toml changed"
-        override = kiosk.box.exec("dpkg-statoverride", "--list", "/etc/card-agent/config.toml")
+        override = kiosk.box.exec("dpkg-statoverride", "--list", CONFIG)
         assert override.stdout.split()[:3] == ["root", "card-agent", "640"], override.stdout
         c.detail = f"apt {took:.1f} s; {len(kiosk.facts['pairings'])} pairings kept"
 
@@ -336,8 +338,8 @@ def test_security_exposure_matches_the_docs(kiosk: Kiosk) -> None:
             assert match, out
             scores[unit] = match.group(1)
         claim = re.search(
-            r"under systemd as PID 1 \(tests/system\): `card-agent\.service` (\d+\.\d+), "
-            r"`card-agent-demo\.service` (\d+\.\d+)",
+            r"under\s+systemd\s+as\s+PID\s+1\s+\(tests/system\):\s+`card-agent\.service`\s+"
+            r"(\d+\.\d+),\s+`card-agent-demo\.service`\s+(\d+\.\d+)",
             docs,
         )
         assert claim, "docs/operations.md must record the score measured under real systemd"
@@ -440,6 +442,27 @@ def test_sandbox_holds_under_real_systemd(kiosk: Kiosk) -> None:
         )
 
 
+def test_a_service_that_does_not_come_up_fails_with_its_journal(kiosk: Kiosk) -> None:
+    with kiosk.checks.check("a broken config: the start fails, the failure shows the journal"):
+        box = kiosk.box
+        box.exec("cp", "-p", CONFIG, f"{CONFIG}.keep")
+        try:
+            box.sh(f"printf '\\n[no_such_section]\\nkey = 1\\n' >> {CONFIG}")
+            old = kiosk.wait_active()
+            restart = box.exec("systemctl", "restart", UNIT, check=False, timeout=90)
+            assert restart.returncode != 0
+            with pytest.raises(AssertionError) as failure:
+                kiosk.wait_active(not_pid=old, timeout=5)
+            message = str(failure.value)
+            assert "not active within 5 s" in message
+            assert "no_such_section" in message, message  # the agent's own error, from the journal
+        finally:
+            box.exec("mv", f"{CONFIG}.keep", CONFIG)
+            box.exec("systemctl", "reset-failed", UNIT, check=False)
+            box.exec("systemctl", "restart", UNIT, timeout=90)
+        kiosk.wait_active()
+
+
 # --- 4. the watchdog and a crash ------------------------------------------------------
 
 
@@ -490,7 +513,7 @@ def test_remove_stops_and_keeps_state_reinstall_starts(kiosk: Kiosk) -> None:
         assert kiosk.audit_log() == audit
         assert box.exec("test", "-f", f"{STATE}/pairing.json", check=False).returncode == 0
         assert box.exec("getent", "passwd", "card-agent", check=False).returncode == 0
-        assert box.exec("test", "-f", "/etc/card-agent/config.toml", check=False).returncode == 0
+        assert box.exec("test", "-f", CONFIG, check=False).returncode == 0
         started = time.monotonic()
         kiosk.apt("install", kiosk.facts["current_deb"])
         kiosk.wait_active()
