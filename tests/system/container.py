@@ -39,6 +39,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 RUNS = Path("/var/cache/card-agent-tests/runs")
+# nspawn's per-machine directory on the host; it cannot remove it itself when /run is
+# not a tmpfs (as here) and it was killed.
+PROPAGATE = Path("/run/systemd/nspawn/propagate")
 NAME_PREFIX = "ca-sys-"
 PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 BOOT_TIMEOUT_S = 90.0
@@ -96,8 +99,9 @@ def prune_stale_runs() -> list[str]:
     """Remove what runs killed without teardown left (their pid is gone)."""
     removed = []
     names: set[str] = set()
-    if RUNS.is_dir():
-        names |= {p.name for p in RUNS.iterdir()}
+    for parent in (RUNS, PROPAGATE):
+        if parent.is_dir():
+            names |= {p.name for p in parent.iterdir()}
     for root in cgroup_roots():
         names |= {p.name for p in root.iterdir() if p.is_dir()}
     for name in sorted(names):
@@ -107,6 +111,7 @@ def prune_stale_runs() -> list[str]:
         for root in cgroup_roots():
             _remove_cgroup(root / name)
         shutil.rmtree(RUNS / name, ignore_errors=True)
+        shutil.rmtree(PROPAGATE / name, ignore_errors=True)
         removed.append(name)
     return removed
 
@@ -364,6 +369,7 @@ class Container:
     def remove(self) -> None:
         self.shutdown()
         shutil.rmtree(self.dir, ignore_errors=True)
+        shutil.rmtree(PROPAGATE / self.name, ignore_errors=True)
 
 
 def _quote(text: str) -> str:
