@@ -6,7 +6,12 @@ set -euo pipefail
 PKGS=(pcscd libpcsclite-dev vsmartcard-vpcd pcsc-tools opensc swig openssl
       mosquitto mosquitto-clients chromium fonts-noto-cjk
       systemd libseccomp2   # tests/ops: systemd-analyze; the unit's seccomp filters
-      gcc libc6-dev libssl-dev pkg-config)  # tests/skf: softskf, built against OpenSSL 3
+      gcc libc6-dev libssl-dev pkg-config  # tests/skf: softskf, built against OpenSSL 3
+      # scripts/build-deb.sh: the package (dpkg-deb, lintian), its private venv built
+      # for Debian's own python3.11 (pyscard compiles against its headers)
+      dpkg-dev lintian python3.11-dev python3-venv
+      # tests/system: a bookworm rootfs booted under systemd-nspawn
+      mmdebstrap systemd-container debian-archive-keyring)
 
 # Node.js and npm for the extension's checks: any install will do (the machine image may
 # bring its own); Debian's otherwise.
