@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from agent import __version__
 from agent.access.service import ServiceAccess
 from agent.cli import main
 from agent.cli.card_access import DeferredCardAccess
@@ -329,7 +330,7 @@ class _Permissive(http.server.BaseHTTPRequestHandler):
     """A server that answers like the agent but checks neither Host nor Origin."""
 
     def do_GET(self) -> None:
-        body = json.dumps({"api": "v1", "version": "0.1.0", "backend": "simulated"}).encode()
+        body = json.dumps({"api": "v1", "version": __version__, "backend": "simulated"}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
