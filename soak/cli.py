@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from soak.children import SetupError
-from soak.plan import Holds
+from soak.plan import FAULT_KINDS, Holds
 from soak.report import render
 from soak.run import Soak, SoakOptions
 
@@ -33,6 +33,15 @@ def parse_args(argv: list[str] | None) -> SoakOptions:
     parser.add_argument("--pcscd-stop-seconds", type=float, default=20.0, metavar="S")
     parser.add_argument("--broker-outage-seconds", type=float, default=30.0, metavar="S")
     parser.add_argument("--card-out-seconds", type=float, default=3.0, metavar="S")
+    parser.add_argument(
+        "--skip-fault",
+        action="append",
+        default=[],
+        choices=FAULT_KINDS,
+        metavar="KIND",
+        help="leave this fault out (repeatable; e.g. agent_kill for one long agent "
+        f"lifetime to watch growth). Kinds: {', '.join(FAULT_KINDS)}",
+    )
     parser.add_argument("--signers", type=int, default=2, help="native signing clients (2)")
     parser.add_argument("--seed", type=int, help="seed of the load's randomness")
     parser.add_argument("--workdir", type=Path, help="keep state and logs here")
@@ -54,6 +63,7 @@ def parse_args(argv: list[str] | None) -> SoakOptions:
             broker_outage_s=args.broker_outage_seconds,
             pcscd_stop_s=args.pcscd_stop_seconds,
         ),
+        skip_faults=frozenset(args.skip_fault),
         signers=args.signers,
         seed=args.seed,
         workdir=args.workdir,

@@ -84,9 +84,16 @@ class FaultPlan:
     def count(self, kind: FaultKind) -> int:
         return sum(1 for f in self.faults if f.kind == kind)
 
+    @property
+    def kinds(self) -> frozenset[FaultKind]:
+        return frozenset(f.kind for f in self.faults)
 
-def plan_faults(duration_s: float, holds: Holds | None = None) -> FaultPlan:
-    """Every fault kind at least once, evenly spread over the active part of the run."""
+
+def plan_faults(
+    duration_s: float, holds: Holds | None = None, skip: frozenset[FaultKind] = frozenset()
+) -> FaultPlan:
+    """Every fault kind (but those in `skip`) at least once, evenly spread over the
+    active part of the run."""
     if duration_s <= 0:
         raise ValueError("the duration must be positive")
     holds = holds or Holds()
@@ -94,9 +101,12 @@ def plan_faults(duration_s: float, holds: Holds | None = None) -> FaultPlan:
     settle = min(SETTLE_MAX_S, SETTLE_SHARE * duration_s)
     active = duration_s - warmup - settle
     cycles = max(1, round(duration_s / CYCLE_S))
-    cycle = FULL_CYCLE
-    if active / (len(FULL_CYCLE) * cycles) < MIN_FULL_SLOT_S:
-        cycle = COMPACT_CYCLE
+    full = tuple(k for k in FULL_CYCLE if k not in skip)
+    cycle = full
+    if not full:
+        return FaultPlan(duration_s, warmup, settle, ())
+    if active / (len(full) * cycles) < MIN_FULL_SLOT_S:
+        cycle = tuple(k for k in COMPACT_CYCLE if k not in skip)
     kinds = cycle * cycles
     slot = active / len(kinds)
     cap = HOLD_SHARE * slot

@@ -75,7 +75,12 @@ def render(result: dict[str, Any]) -> str:
         f"load average {m['loadavg_start']} at start, {m['loadavg_end']} at end",
         f"workdir: {result['workdir']}",
         "",
-        "Faults",
+        "Faults"
+        + (
+            f" (left out: {', '.join(result['faults']['skipped'])})"
+            if result["faults"].get("skipped")
+            else ""
+        ),
     ]
     rows = [
         [
@@ -137,6 +142,7 @@ def render(result: dict[str, Any]) -> str:
                 f"{fds.get('first', '-')}/{fds.get('last', '-')}/{fds.get('max', '-')}",
                 f"{_fmt(fds.get('growth_per_h_after_warmup'))}",
                 f"{_fmt(fds.get('growth_per_h_second_half'))}",
+                f"{r.get('threads', {}).get('first', '-')}/{r.get('threads', {}).get('max', '-')}",
             ]
         )
     out += _table(
@@ -150,6 +156,7 @@ def render(result: dict[str, Any]) -> str:
             "fds first/last/max",
             "fds/h>60s",
             "fds/h 2nd half",
+            "threads first/max",
         ],
         rows,
     )

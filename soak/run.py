@@ -38,7 +38,7 @@ from soak.collector import Collector
 from soak.compat_page import COMPAT_ORIGIN, compat_page
 from soak.faults import FaultInjector, FaultRecord
 from soak.native import ORIGIN, Api
-from soak.plan import FAULT_KINDS, Holds, plan_faults
+from soak.plan import FaultKind, Holds, plan_faults
 from soak.recorder import Recorder, SignAck
 from soak.report import checks
 from soak.supervisor import AgentSupervisor
@@ -58,6 +58,7 @@ DELIVERY_TIMEOUT_S = 30.0
 class SoakOptions:
     minutes: float = 10.0
     holds: Holds = field(default_factory=Holds)
+    skip_faults: frozenset[FaultKind] = frozenset()
     signers: int = 2
     seed: int | None = None
     workdir: Path | None = None  # kept; default: a temporary directory
@@ -130,7 +131,7 @@ class Soak:
     def __init__(self, options: SoakOptions) -> None:
         self.options = options
         self.duration_s = options.minutes * 60.0
-        self.plan = plan_faults(self.duration_s, options.holds)
+        self.plan = plan_faults(self.duration_s, options.holds, options.skip_faults)
         self.rng = random.Random(options.seed)
         self._own_workdir = options.workdir is None
         self.workdir = options.workdir or Path(tempfile.mkdtemp(prefix="card-agent-soak-"))
@@ -369,7 +370,8 @@ class Soak:
             "faults": {
                 "planned": [f.to_json() for f in self.plan.faults],
                 "injected": faults,
-                "kinds_missing": sorted(set(FAULT_KINDS) - injected),
+                "skipped": sorted(self.options.skip_faults),
+                "kinds_missing": sorted(self.plan.kinds - injected),
             },
             "clients": {
                 "totals": self.recorder.totals(),

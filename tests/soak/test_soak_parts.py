@@ -51,6 +51,13 @@ def test_longer_runs_repeat_the_cycle() -> None:
         plan_faults(0)
 
 
+def test_faults_can_be_left_out() -> None:
+    plan = plan_faults(1800, skip=frozenset({"agent_kill"}))
+    assert plan.count("agent_kill") == 0
+    assert plan.kinds == frozenset(FAULT_KINDS) - {"agent_kill"}
+    assert plan_faults(30, skip=frozenset(FAULT_KINDS)).faults == ()
+
+
 # --- resources and latencies ---------------------------------------------------------------
 
 
