@@ -134,7 +134,8 @@ async def signer(ctx: LoadContext, number: int) -> None:
     token, _ = pairing
     http = ctx.api.client(token)
     session = False
-    signed = 0
+    signed = 0  # attempts: each gets its own title
+    in_session = 0  # signatures received in the current session
     try:
         while not ctx.stopping.is_set():
             if not session:
@@ -142,7 +143,7 @@ async def signer(ctx: LoadContext, number: int) -> None:
                     http, "verify", "POST", "/v1/pin/verify", {"pin": PIN}, expect=_has("session")
                 )
                 if answer is not None and answer.ok:
-                    session = True
+                    session, in_session = True, 0
                     continue
                 if answer is not None and answer.code == "pin_tries_low":
                     # Only the wrong_pin worker spends tries, one at a time; never expected.
@@ -174,7 +175,8 @@ async def signer(ctx: LoadContext, number: int) -> None:
             answer = await ctx.api.call(http, "sign", "POST", "/v1/sign", body, expect=_is_audit_id)
             if answer is not None and answer.ok:
                 ctx.recorder.ack(SignAck("native", title, answer.body["audit_id"], time.time()))
-                if signed % SIGNS_PER_SESSION == 0:
+                in_session += 1
+                if in_session == SIGNS_PER_SESSION:
                     await ctx.api.call(http, "session_end", "POST", "/v1/session/end", {})
                     session = False
                 await ctx.sleep(ctx.rng.uniform(0.3, 1.5))

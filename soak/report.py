@@ -72,7 +72,8 @@ def render(result: dict[str, Any]) -> str:
         f"card-agent soak: {result['minutes']:g} min of load ({result['elapsed_s']:.0f} s "
         f"in all), PC/SC backend ({m['reader']}), software card with realistic timing",
         f"machine: {m['cpus']} CPUs, Python {m['python']}, {m['pcscd']}, {m['mosquitto']}; "
-        f"load average {m['loadavg_start']} at start, {m['loadavg_end']} at end",
+        f"load average {m['loadavg_start']} at start, {m['loadavg_end']} at end; CPU used: "
+        f"agent {m.get('agent_cpu_s', '-')} s, load generator {m.get('soak_cpu_s', '-')} s",
         f"workdir: {result['workdir']}",
         "",
         "Faults"

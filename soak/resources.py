@@ -25,6 +25,7 @@ class Sample:
     rss_kb: int
     fds: int
     threads: int
+    cpu_s: float = 0.0  # user + system time so far
 
 
 def read_sample(pid: int, t_s: float) -> Sample | None:
@@ -38,11 +39,14 @@ def read_sample(pid: int, t_s: float) -> Sample | None:
                 elif line.startswith("Threads:"):
                     threads = int(line.split()[1])
         fds = len(os.listdir(f"/proc/{pid}/fd"))
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            fields = f.read().rpartition(")")[2].split()
+        cpu_s = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
     if rss_kb == 0:  # a zombie: exited, not reaped yet
         return None
-    return Sample(t_s, rss_kb, fds, threads)
+    return Sample(t_s, rss_kb, fds, threads, cpu_s)
 
 
 def slope_per_hour(points: Sequence[tuple[float, float]]) -> float | None:

@@ -11,6 +11,7 @@ import logging
 import os
 import platform
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -295,20 +296,22 @@ class Soak:
             load_started = time.monotonic()
             workers = self._workers(api, api_port, compat_port)
             faults = asyncio.create_task(self.injector.run(load_started, self.stopping))
-            progress = asyncio.create_task(
-                self._progress(load_started) if not self.options.quiet else self.stopping.wait()
-            )
+            progress = None
+            if not self.options.quiet:
+                progress = asyncio.create_task(self._progress(load_started))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(faults), self.duration_s)
             await asyncio.sleep(max(0.0, load_started + self.duration_s - time.monotonic()))
             await self._stop_workers(workers)
             await faults  # a fault in progress ends (card back in, pcscd continued, ...)
-            progress.cancel()
+            if progress is not None:
+                progress.cancel()
             drained = await self._drain_outbox()
             agent_end = await self.agent.stop()
             sampler.cancel()
             return await self._balance(started, drained, agent_end)
         finally:
+            self.stopping.set()  # on an error too: the workers stop with the children
             await self._stop_children()
 
     async def _stop_children(self) -> None:
@@ -357,6 +360,12 @@ class Soak:
         kills = self.injector.agent_kill_times()
         acks = self.recorder.acks
         self.machine["loadavg_end"] = _loadavg()
+        # CPU of the load generator itself, and of the agent (its last samples).
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        self.machine["soak_cpu_s"] = round(me.ru_utime + me.ru_stime, 1)
+        self.machine["agent_cpu_s"] = round(
+            sum(lt.samples[-1].cpu_s for lt in self.agent.lifetimes if lt.samples), 1
+        )
         faults = [
             {**r.to_json(), "recovered_after_s": _recovery(r, acks)} for r in self.injector.records
         ]

@@ -52,6 +52,11 @@ class Lifetime:
             "killed_by_soak": self.killed_by_soak,
             "stopped_by_soak": self.stopped_by_soak,
             "resources": growth(self.samples),
+            # [seconds since start, RSS kB, open fds, threads, CPU s]: to plot or re-fit
+            "samples": [
+                [round(s.t_s, 1), s.rss_kb, s.fds, s.threads, round(s.cpu_s, 2)]
+                for s in self.samples
+            ],
         }
 
 
