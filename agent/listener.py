@@ -154,6 +154,9 @@ class GuardedH11Protocol(H11Protocol):
     limits: ClassVar[ListenerLimits]
     waiting: ClassVar[_Waiting]
     _request_timer: asyncio.TimerHandle | None = None
+    # Upgraded to a WebSocket: the connection is no longer ours to time out (the upgrade
+    # request arrives in a data_received call that continues after the upgrade).
+    _upgraded = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -175,6 +178,8 @@ class GuardedH11Protocol(H11Protocol):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
+        if self._upgraded:
+            return
         if self._handling_request():
             self._stop_waiting()
         elif self._request_timer is None:  # the first byte of the next request
@@ -192,6 +197,7 @@ class GuardedH11Protocol(H11Protocol):
         self.waiting.order[self] = None
 
     def handle_websocket_upgrade(self, event: Any) -> None:
+        self._upgraded = True
         self._stop_waiting()  # the connection now belongs to the WebSocket protocol
         super().handle_websocket_upgrade(event)
 
@@ -220,7 +226,7 @@ class GuardedH11Protocol(H11Protocol):
 
     def _request_timed_out(self) -> None:
         self._request_timer = None
-        if self._handling_request():
+        if self._upgraded or self._handling_request():
             return
         self.waiting.timeouts.warning(
             "closing connections that sent no complete request within %g s",

@@ -8,7 +8,9 @@ connections (headers trickling in) were never closed.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import resource
 import shutil
 import socket
@@ -16,9 +18,21 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+from websockets.asyncio.client import connect as ws_connect
+from websockets.typing import Origin
 
-from tests.ops.conftest import AgentProcess, http_status, skip_or_fail, start_agent, write_config
+from agent.pairing import PairingStore
+from tests.ops.conftest import (
+    ORIGIN,
+    AgentProcess,
+    free_port,
+    http_status,
+    skip_or_fail,
+    start_agent,
+    write_config,
+)
 
 IDLE_CONNECTIONS = 1100
 
@@ -109,3 +123,58 @@ def test_slow_headers_are_cut_off(tmp_path: Path, agent_process: list[AgentProce
     finally:
         for s in slow:
             s.close()
+
+
+def test_websockets_outlive_the_request_timeout(
+    tmp_path: Path, agent_process: list[AgentProcess]
+) -> None:
+    """The request timeout is for connections that have not sent a request; a WebSocket
+    sent its upgrade and then may stay quiet for long. Found by the soak run: both the
+    events socket and every compat page were cut off `request_timeout_s` after the
+    upgrade (the timer was re-armed after the upgrade request had been handed over)."""
+    compat_port = free_port()
+    page_origin = "http://127.0.0.1:8080"
+    config = write_config(
+        tmp_path,
+        server_extra="request_timeout_s = 1",
+        extra=(
+            f'[compat]\nenabled = true\nport = {compat_port}\nallowed_origins = ["{page_origin}"]'
+        ),
+    )
+    agent = start_agent(agent_process, config)
+    token = pair_local(agent.port, tmp_path / "state" / "pairing.json")
+
+    async def quiet_sockets() -> None:
+        async with (
+            ws_connect(f"ws://127.0.0.1:{agent.port}/v1/events", origin=Origin(ORIGIN)) as events,
+            ws_connect(f"ws://127.0.0.1:{compat_port}/", origin=Origin(page_origin)) as page,
+        ):
+            await events.send(json.dumps({"type": "auth", "token": token}))
+            assert json.loads(await asyncio.wait_for(events.recv(), 5))["type"] == "hello"
+            assert json.loads(await asyncio.wait_for(page.recv(), 5))["_method"] == "open"
+            await asyncio.sleep(3.0)  # three request timeouts, nothing sent
+            await page.send(
+                json.dumps(
+                    {"_method": "cus-sec_SpcSHA1DigestAsPEM", "_id": 1, "args": {"szInfo": "x"}}
+                )
+            )
+            reply = json.loads(await asyncio.wait_for(page.recv(), 5))
+            assert reply["_args"]["Result"] is True, reply
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(events.recv(), 0.2)  # open, with nothing to say
+
+    asyncio.run(quiet_sockets())
+    assert "no complete request" not in agent.output()
+
+
+def pair_local(port: int, pairing_file: Path) -> str:
+    """Pair the extension's origin the real way (ask, approve in the store, claim)."""
+    with httpx.Client(
+        base_url=f"http://127.0.0.1:{port}", headers={"Origin": ORIGIN}, trust_env=False
+    ) as c:
+        req = c.post("/v1/pair", json={"client_name": "websocket test"}).json()
+        PairingStore(pairing_file).approve(req["code"])
+        r = c.post("/v1/pair/claim", json={"request_id": req["request_id"]})
+    assert r.status_code == 200, r.text
+    token: str = r.json()["token"]
+    return token
