@@ -83,14 +83,18 @@ class PcscBackend:
         self.drop_driver()
         transport = self._transport_factory(self.reader)
         try:
-            atr = transport.atr  # connects: CardMissing, ReaderMissing, ...
-            reader = _reader_of(transport)
-            match = self._match(atr, reader)
-            entry = match.entry
-            if entry is not None and isinstance(entry.driver, SkfLibraryDriver):
-                _close_quietly(transport)  # the vendor library connects by itself
-                return self._open_skf(entry, entry.driver, reader)
-            driver = self._open_apdu(transport, match, atr, reader)
+            if self.registry is None:  # nothing to choose from: our profile
+                driver = self._open_session(transport)
+                self._info = DriverInfo("eport-apdu", "the built-in APDU profile (no registry)")
+            else:
+                atr = transport.atr  # connects: CardMissing, ReaderMissing, ...
+                reader = _reader_of(transport)
+                match = self._match(atr, reader)
+                entry = match.entry
+                if entry is not None and isinstance(entry.driver, SkfLibraryDriver):
+                    _close_quietly(transport)  # the vendor library connects by itself
+                    return self._open_skf(entry, entry.driver, reader)
+                driver = self._open_apdu(transport, match, atr, reader)
         except BaseException:
             _close_quietly(transport)
             raise
