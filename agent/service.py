@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from agent.audit import AuditLog, AuditRecord
 from agent.errors import AgentError, wire_error
-from agent.owner import CardOwner, CardState, OwnerHealth
+from agent.owner import Busy, CardOwner, CardState, JobTimeout, OwnerHealth, OwnerStopped
 from agent.owner import OwnerEvent as CardEvent
 from agent.sessions import SessionManager, SigningSession
 from agent.text import is_text
@@ -249,25 +249,37 @@ class CardService:
         PIN, nothing read or written. The driver is released for it and opened anew
         by the next job, which clears the card's verified state: the sessions that
         relied on it end here, visibly (audit and telemetry say so)."""
-        report = await self.owner.run_backend(
-            lambda backend: backend.identify(),
-            timeout=self.job_timeout_s,
-            label="identify",
-            release_driver=True,
-        )
-        ended = self.sessions.end_all()
-        if ended:
-            log.info("card identify ended %d session(s)", len(ended))
-            await self._audit(
-                "session_end",
-                reason="card_identify",
-                clients=sorted(s.client_id for s in ended),
+        try:
+            report = await self.owner.run_backend(
+                lambda backend: backend.identify(),
+                timeout=self.job_timeout_s,
+                label="identify",
+                release_driver=True,
             )
-            self._emit("session_end", reason="card_identify", count=len(ended))
-            # Opening the driver again starts it "not verified": do it now, not at
-            # whenever the next request comes.
-            await self._logout_quietly("card identify")
+        except (Busy, OwnerStopped):
+            raise  # never reached the card
+        except JobTimeout as exc:
+            if exc.started:
+                await self._sessions_ended_by_identify()
+            raise
+        except Exception:
+            await self._sessions_ended_by_identify()  # the driver was released all the same
+            raise
+        await self._sessions_ended_by_identify()
         return report
+
+    async def _sessions_ended_by_identify(self) -> None:
+        ended = self.sessions.end_all()
+        if not ended:
+            return
+        log.info("card identify ended %d session(s)", len(ended))
+        await self._audit(
+            "session_end", reason="card_identify", clients=sorted(s.client_id for s in ended)
+        )
+        self._emit("session_end", reason="card_identify", count=len(ended))
+        # Opening the driver again starts it "not verified": do it now, not whenever
+        # the next request comes.
+        await self._logout_quietly("card identify")
 
     # --- PIN -----------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from card.registry import DriverEntry, Match, Observation, Registry, SkfLibraryD
 if TYPE_CHECKING:
     from card.eport.driver import CardDriver
     from card.skf.binding import SkfLibrary
+    from card.skf.driver import SkfDriver
     from card.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ class PcscBackend:
         self._open_session = open_session
         self._skf_library_factory = skf_library_factory or _skf_library
         self._skf_libraries: dict[Path, SkfLibrary] = {}  # loaded on first use, kept
-        self._skf_driver: Any = None  # card.skf.driver.SkfDriver, while one is open
+        self._skf_driver: SkfDriver | None = None  # while an skf entry's driver is open
         self._info: DriverInfo | None = None
         self._transport_factory = transport_factory or _pcsc_transport
         self._monitor_factory = monitor_factory or _pcsc_monitor
@@ -134,9 +135,7 @@ class PcscBackend:
     ) -> CardDriver:
         from card.skf.driver import SkfDriver, options_for
 
-        library = self._skf_libraries.get(spec.library)
-        if library is None:
-            library = self._skf_libraries[spec.library] = self._skf_library_factory(spec.library)
+        library = self._library(spec.library)
         names = [name.text for name in library.enum_dev(True)]
         if not names:
             raise CardMissing(
@@ -159,11 +158,19 @@ class PcscBackend:
         )
         return driver
 
+    def _library(self, path: Path) -> SkfLibrary:
+        """The vendor library at `path`, loaded (in the owner thread) the first time an
+        entry sends a card to it, then kept: libraries are not unloaded."""
+        library = self._skf_libraries.get(path)
+        if library is None:
+            library = self._skf_libraries[path] = self._skf_library_factory(path)
+        return library
+
     def drop_driver(self) -> None:
         self._info = None
         skf, self._skf_driver = self._skf_driver, None
         if skf is not None:
-            _close_quietly(skf)
+            skf.close()  # ignores errors: the card may be gone
         transport, self._transport = self._transport, None
         if transport is not None:
             _close_quietly(transport)
@@ -186,17 +193,15 @@ class PcscBackend:
         notes: list[str] = []
         skf = None
         entry = match.entry
-        if entry is not None and isinstance(entry.driver, SkfLibraryDriver):
-            try:
-                library = self._skf_libraries.get(entry.driver.library)
-                if library is None:
-                    library = self._skf_library_factory(entry.driver.library)
-                    self._skf_libraries[entry.driver.library] = library
-            except CardError as exc:
-                notes.append(f"registry entry {entry.name}: {exc}")
-            else:
-                skf = skf_report(library, self.registry or Registry(()))
-        elif entry is None:
+        if self.registry is not None and entry is not None:
+            if isinstance(entry.driver, SkfLibraryDriver):
+                try:
+                    library = self._library(entry.driver.library)
+                except CardError as exc:
+                    notes.append(f"registry entry {entry.name}: {exc}")
+                else:
+                    skf = skf_report(library, self.registry)
+        elif self.registry is not None:
             notes.append(
                 "no registry entry matches: the agent tries the built-in APDU profile "
                 "(its application is the first SELECT below)"

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from agent.backends import BackendEvent
-from card.errors import CardMissing, UnsupportedCard
+from card.errors import CardError, CardMissing, UnsupportedCard
 from card.identify import DriverInfo, IdentifyReport, skf_report
 from card.registry import DriverEntry, Observation, Registry, RegistryError, SkfLibraryDriver
 from card.skf.binding import SkfLibrary
@@ -185,7 +185,17 @@ class SkfBackend:
         if not self._reader_reported:
             self._reader_reported = True
             events.append(BackendEvent("reader_added", self.reader_name))
-        changes = monitor.poll_events(timeout_s)
+        try:
+            changes = monitor.poll_events(timeout_s)
+        except CardError:
+            # The owner reports the failure (and a TransportError as the reader going).
+            # Start over with a new monitor: its first poll reports the reader and the
+            # devices present again.
+            with self._lock:
+                self._monitor = None
+            monitor.close()
+            self._reader_reported, self._present, self._card = False, [], None
+            raise
         if changes:
             events.extend(self._apply([(e.kind, e.device) for e in changes]))
         return events

@@ -141,6 +141,8 @@ class DeferredCardAccess(CardAccess):
         self._failure: CardCommandError | None = None
 
     async def _opened(self) -> CardAccess:
+        from agent.config import ConfigError
+
         if self._access is not None:
             return self._access
         if self._failure is not None:
@@ -157,11 +159,7 @@ class DeferredCardAccess(CardAccess):
                 "run as root or as the card-agent user",
             )
             raise self._failure from None
-        except Exception as exc:
-            from agent.config import ConfigError
-
-            if not isinstance(exc, ConfigError):
-                raise
+        except ConfigError as exc:  # the driver registry, an SKF library: found at start
             self._failure = CardCommandError("config_invalid", str(exc))
             raise self._failure from None
         self.mode = self._access.mode

@@ -46,6 +46,9 @@ def config_warnings(config: Config) -> list[str]:
         warnings.append("security.allowed_origins is empty: no browser extension can pair")
     if config.card.demo and config.card.backend == "pcsc":
         warnings.append("card.demo is set: virtual readers are accepted (never on production)")
+    registry = config.card.registry
+    if registry is not None and not registry.is_absolute():
+        warnings.append(f"card.registry {registry} is relative to the cwd")
     if not config.paths.state_dir.is_absolute():
         warnings.append(f"paths.state_dir {config.paths.state_dir} is relative to the cwd")
     return warnings

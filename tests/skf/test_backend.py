@@ -12,10 +12,11 @@ import pytest
 
 from agent.backends import BackendEvent
 from agent.backends.skf import SkfBackend
-from card.errors import CardMissing, UnsupportedCard
+from card.errors import CardError, CardMissing, UnsupportedCard
 from card.registry import Registry, RegistryError, parse_registry
 from card.skf.binding import SkfLibraryUnavailable
 from card.skf.driver import SkfDriver
+from card.skf.sar import SAR_FAIL
 from tests.skf.conftest import SoftSkf
 from tests.skf.softskf.store import device_from_state
 
@@ -258,5 +259,22 @@ def test_identify_without_a_device_says_insert_the_card(softskf: SoftSkf) -> Non
     try:
         with pytest.raises(CardMissing):
             backend.identify()
+    finally:
+        backend.close()
+
+
+def test_after_a_failed_poll_the_next_one_reports_the_reader_and_card_again(
+    env: SoftSkf,
+) -> None:
+    backend = _backend(env)
+    function = "SKF_WaitForDevEvent" if env.library.has_dev_events else "SKF_EnumDev"
+    try:
+        assert len(backend.poll_events(1.0)) == 2
+        env.control.fail(function, SAR_FAIL)
+        with pytest.raises(CardError):
+            backend.poll_events(0.2)
+        env.control.clear_failure(function)
+        # The owner took the failure as the reader going away: a fresh start follows.
+        assert [e.kind for e in backend.poll_events(1.0)] == ["reader_added", "card_inserted"]
     finally:
         backend.close()
