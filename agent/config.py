@@ -14,7 +14,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -26,8 +26,14 @@ from pydantic import (
     model_validator,
 )
 
+if TYPE_CHECKING:
+    from card.registry import Registry
+
 ENV_PREFIX = "CARD_AGENT_"
 DEFAULT_PORT = 17321
+# The kiosk's own driver registry entries (card.registry), used when it exists and
+# `card.registry` does not name another file.
+DEFAULT_REGISTRY = Path("/etc/card-agent/drivers.toml")
 # In the state directory: the simulated card's test CAs (PEM), written by the runtime
 # when it builds the simulated backend, read by the selftest's chain check.
 SIMULATED_CA_FILE = "simulated-card-ca.pem"
@@ -104,8 +110,12 @@ class SecurityConfig(_Section):
 
 
 class CardConfig(_Section):
-    backend: Literal["simulated", "pcsc"] = "simulated"
+    backend: Literal["simulated", "pcsc", "skf"] = "simulated"
     reader: str | None = None  # a substring of the reader name (any case); None: any reader
+    # The driver registry override file (card.registry: which driver serves which card),
+    # tried before the shipped one. Unset: DEFAULT_REGISTRY when it exists. A file named
+    # here must exist.
+    registry: Path | None = None
     profile: str = "legal-person-sm2"  # simulated backend only
     # Simulated backend: where the card's keys and PIN counters persist (relative to
     # the state directory); "" keeps the card in memory only.
@@ -214,6 +224,20 @@ class Config(_Section):
     paths: PathsConfig = PathsConfig()
     mqtt: MqttConfig = MqttConfig()
     compat: CompatConfig = CompatConfig()
+
+
+def load_driver_registry(card: CardConfig) -> Registry:
+    """The driver registry the card backends use: `card.registry` (which must exist),
+    else DEFAULT_REGISTRY when it exists, over the shipped file. A file that cannot be
+    used is a ConfigError naming it: the agent does not start on half a registry."""
+    from card.registry import RegistryError, load_registry
+
+    try:
+        if card.registry is not None:
+            return load_registry(card.registry)
+        return load_registry(DEFAULT_REGISTRY, missing_ok=True)
+    except RegistryError as exc:
+        raise ConfigError(f"driver registry (card.registry): {exc}") from None
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:

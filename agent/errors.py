@@ -66,7 +66,8 @@ _CARD_ERRORS: tuple[tuple[type[Exception], ErrorCode, int, str], ...] = (
         ce.UnsupportedCard,
         ErrorCode.UNSUPPORTED_CARD,
         422,
-        "This card is not a supported E-Port card.",
+        "This card is not a supported E-Port card "
+        "(`card-agent card identify` on the kiosk says what it is).",
     ),
     (
         ce.InvalidPinFormat,

@@ -6,6 +6,10 @@ side submits jobs with `await owner.run(fn, timeout=..., label=...)` and awaits 
 result; events go back to the event loop with `call_soon_threadsafe`.
 
 Jobs
+  * `run(fn)` runs `fn(driver)` (the driver opened first if need be); `run_backend(fn)`
+    runs `fn(backend)` for what is not a driver operation (which driver is in use, the
+    identify report), optionally with the driver opened or released first. Both go
+    through the same queue, deadlines and error handling.
   * FIFO, one at a time, from a bounded queue: a full queue raises `Busy` at once.
   * After a job the thread waits a moment (`linger_s`) for the next before it waits on
     the reader again, so a burst of jobs does not enter and cancel a reader wait each.
@@ -190,7 +194,7 @@ class _Job:
 
     def __init__(
         self,
-        fn: Callable[[CardDriver], Any],
+        fn: Callable[[], Any],  # what runs on the owner thread (run() and run_backend())
         label: str,
         timeout: float,
         loop: asyncio.AbstractEventLoop,
@@ -314,6 +318,36 @@ class CardOwner:
         Raises Busy (queue full), JobTimeout (deadline passed), OwnerStopped, or
         whatever `fn` or opening the driver raised.
         """
+        return await self._submit(lambda: fn(self._ensure_driver()), timeout, label)
+
+    async def run_backend(
+        self,
+        fn: Callable[[CardBackend], T],
+        *,
+        timeout: float,
+        label: str,
+        open_driver: bool = False,
+        release_driver: bool = False,
+    ) -> T:
+        """Run `fn(backend)` on the owner thread, as a job like `run`'s.
+
+        `open_driver`: open the driver first (its errors are the job's, as for `run`);
+        `release_driver`: drop it first, so `fn` has the card to itself (the next job
+        opens a new driver).
+        """
+        if open_driver and release_driver:
+            raise ValueError("open_driver and release_driver exclude each other")
+
+        def call() -> T:
+            if release_driver:
+                self._drop_driver()
+            elif open_driver:
+                self._ensure_driver()
+            return fn(self._backend)
+
+        return await self._submit(call, timeout, label)
+
+    async def _submit(self, fn: Callable[[], T], timeout: float, label: str) -> T:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
         if self._thread is None or self._stopping.is_set():
@@ -490,7 +524,7 @@ class CardOwner:
         result: Any = None
         error: BaseException | None = None
         try:
-            result = job.fn(self._ensure_driver())
+            result = job.fn()
         except Exception as exc:
             error = exc
         finally:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from agent.audit import AuditLog
 from agent.backends import CardBackend
 from agent.component import Component
-from agent.config import SIMULATED_CA_FILE, Config
+from agent.config import SIMULATED_CA_FILE, Config, ConfigError, load_driver_registry
 from agent.owner import CardOwner
 from agent.pairing import PairingStore
 from agent.service import CardService
@@ -52,11 +52,23 @@ def simulated_ca_path(config: Config) -> Path:
 
 
 def build_backend(config: Config) -> CardBackend:
+    """The configured backend. Raises ConfigError when the driver registry cannot be
+    used, or (SKF) names no library, several, or one that does not load."""
     card = config.card
+    registry = load_driver_registry(card)
     if card.backend == "pcsc":
         from agent.backends.pcsc import PcscBackend
 
-        return PcscBackend(card.reader_pattern())
+        return PcscBackend(card.reader_pattern(), registry=registry)
+    if card.backend == "skf":
+        from agent.backends.skf import SkfBackend
+        from card.registry import RegistryError
+        from card.skf.binding import SkfLibraryUnavailable
+
+        try:
+            return SkfBackend.from_registry(registry)
+        except (RegistryError, SkfLibraryUnavailable) as exc:
+            raise ConfigError(f"card.backend = skf: {exc}") from None
     from agent.backends.simulated import SimulatedBackend
     from simulator.card_os import SimulatedCard
     from simulator.knobs import CardKnobs, TimingModel
@@ -65,7 +77,7 @@ def build_backend(config: Config) -> CardBackend:
     state_file = state_dir(config) / card.sim_state_file if card.sim_state_file else None
     sim = SimulatedCard.create(card.profile, knobs=CardKnobs(timing=timing), state_path=state_file)
     _write_private(simulated_ca_path(config), sim.state.ca_bundle_pem())
-    return SimulatedBackend(sim)
+    return SimulatedBackend(sim, registry=registry)
 
 
 def _write_private(path: Path, text: str) -> None:

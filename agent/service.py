@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from agent.audit import AuditLog, AuditRecord
 from agent.errors import AgentError, wire_error
-from agent.owner import CardOwner, CardState, OwnerHealth
+from agent.owner import Busy, CardOwner, CardState, JobTimeout, OwnerHealth, OwnerStopped
 from agent.owner import OwnerEvent as CardEvent
 from agent.sessions import SessionManager, SigningSession
 from agent.text import is_text
@@ -35,6 +35,7 @@ from card.eport.driver import (
     Signature,
     mask_card_number,
 )
+from card.identify import DriverInfo, IdentifyReport
 
 __all__ = [
     "PURPOSES",
@@ -233,6 +234,52 @@ class CardService:
 
     async def pin_status(self) -> PinStatus:
         return await self.run(lambda d: d.pin_status(), label="pin_status")
+
+    async def driver_info(self) -> DriverInfo:
+        """Which driver serves the card in the reader, and why (opens it if need be)."""
+        return await self.owner.run_backend(
+            lambda backend: backend.driver_info(),
+            timeout=self.job_timeout_s,
+            label="driver_info",
+            open_driver=True,
+        )
+
+    async def identify(self) -> IdentifyReport:
+        """What the card in the reader is, for a support request (card.identify): no
+        PIN, nothing read or written. The driver is released for it and opened anew
+        by the next job, which clears the card's verified state: the sessions that
+        relied on it end here, visibly (audit and telemetry say so)."""
+        try:
+            report = await self.owner.run_backend(
+                lambda backend: backend.identify(),
+                timeout=self.job_timeout_s,
+                label="identify",
+                release_driver=True,
+            )
+        except (Busy, OwnerStopped):
+            raise  # never reached the card
+        except JobTimeout as exc:
+            if exc.started:
+                await self._sessions_ended_by_identify()
+            raise
+        except Exception:
+            await self._sessions_ended_by_identify()  # the driver was released all the same
+            raise
+        await self._sessions_ended_by_identify()
+        return report
+
+    async def _sessions_ended_by_identify(self) -> None:
+        ended = self.sessions.end_all()
+        if not ended:
+            return
+        log.info("card identify ended %d session(s)", len(ended))
+        await self._audit(
+            "session_end", reason="card_identify", clients=sorted(s.client_id for s in ended)
+        )
+        self._emit("session_end", reason="card_identify", count=len(ended))
+        # Opening the driver again starts it "not verified": do it now, not whenever
+        # the next request comes.
+        await self._logout_quietly("card identify")
 
     # --- PIN -----------------------------------------------------------------------------
 

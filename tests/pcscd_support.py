@@ -44,7 +44,9 @@ from simulator.pcscd import (
     vpcd_driver,
     write_vpcd_conf,
 )
+from simulator.state import CardState
 from simulator.vpcd import VpcdLink
+from tests.skf.softskf.plugged import SkfCard
 
 READERS = ("Virtual PCD 00 00", "Virtual PCD 00 01")
 DEFAULT_SOCKET = Path("/run/pcscd/pcscd.comm")
@@ -414,7 +416,13 @@ class PcscCard:
     port: int
 
 
-BACKENDS = ["simulated", pytest.param("pcsc", marks=pytest.mark.pcsc)]
+# The backends the agent and compat tiers run on: the software card in process, behind
+# pcscd + vpcd, and behind the SKF driver in softskf (tests/skf/softskf/plugged.py).
+BACKENDS = [
+    "simulated",
+    pytest.param("pcsc", marks=pytest.mark.pcsc),
+    pytest.param("skf", marks=pytest.mark.skf),
+]
 _readers_in_use: set[int] = set()
 
 
@@ -446,13 +454,26 @@ def plugged_card(request: pytest.FixtureRequest, card: dict[str, Any] | None) ->
         _readers_in_use.discard(slot)
 
 
+INS_VERIFY, INS_PSO = 0x20, 0x2A
+
+
 class CardHandle:
     """The card of a test agent, whichever backend it runs on: the software card
-    in-process (simulated backend) or behind vpcd + pcscd (`vpcd` set). Mixed into the
-    agent handles of the test tiers, which provide `runtime` and `vpcd`."""
+    in-process (simulated backend), behind vpcd + pcscd (`vpcd` set), or a softskf
+    token (`skf` set). Mixed into the agent handles of the test tiers, which provide
+    `runtime`, `vpcd`, `skf` and `apdus` (filled by `watch_card`).
+
+    Tests observe the card through the backend-neutral methods below (PIN tries,
+    verified, signatures made, PINs presented, anything reaching the card) and drive
+    it with `pull_card` / `insert_card` / `slow_signatures` / `faulty_signatures`;
+    `sim` is the software E-Port card itself, for the APDU backends only.
+    """
 
     runtime: Any
     vpcd: PcscCard | None
+    skf: SkfCard | None
+    apdus: list[bytes]
+    _healthy_process: Any = None  # faulty_signatures: the card's own process()
 
     @property
     def backend(self) -> SimulatedBackend:
@@ -462,22 +483,114 @@ class CardHandle:
 
     @property
     def sim(self) -> SimulatedCard:
-        """The software card, in-process or behind vpcd + pcscd."""
+        """The software card, in-process or behind vpcd + pcscd (not on SKF)."""
+        assert self.skf is None, "an SKF token has no APDU card: use the neutral methods"
         if self.vpcd is not None:
             return self.vpcd.card
         card = self.backend.card
         assert isinstance(card, SimulatedCard)
         return card
 
+    @property
+    def card_data(self) -> CardState:
+        """What the card was issued with: certificates, card number, holder (the live
+        PIN counter: `pin_tries_left()`)."""
+        return self.skf.state if self.skf is not None else self.sim.state
+
+    def watch_card(self) -> None:
+        """Record every command APDU the software card processes (in `apdus`); an SKF
+        token counts its calls itself, and a card a test plugged in itself is its own."""
+        if self.skf is not None:
+            return
+        if self.vpcd is None and not isinstance(self.runtime.backend, SimulatedBackend):
+            return
+        sim = self.sim
+        process = sim.process
+
+        def recording(apdu: bytes) -> bytes:
+            self.apdus.append(bytes(apdu))
+            return process(apdu)
+
+        sim.process = recording  # type: ignore[method-assign]
+
+    # --- observations, on every backend ----------------------------------------------
+
+    def pin_tries_left(self) -> int:
+        if self.skf is not None:
+            return self.skf.pin_tries_left()
+        return self.sim.state.pin.tries_left
+
+    def card_verified(self) -> bool:
+        """The card's own verified state (not the agent's view of it)."""
+        return self.skf.logged_in() if self.skf is not None else self.sim.verified
+
+    def card_operations(self) -> int:
+        """Everything that reached the card so far: APDUs, or SKF calls (not the
+        device-event waits between jobs)."""
+        return self.skf.card_operations() if self.skf is not None else len(self.apdus)
+
+    def signatures_made(self) -> int:
+        """Signature commands the card got: PSO, or SKF_ECCSignData / SKF_RSASignData."""
+        if self.skf is not None:
+            return self.skf.signatures_made()
+        return sum(1 for a in self.apdus if a[1] == INS_PSO)
+
+    def pins_presented(self) -> int:
+        """PINs sent to the card: VERIFY with a PIN block (not a status query), or
+        SKF_VerifyPIN."""
+        if self.skf is not None:
+            return self.skf.pins_presented()
+        return sum(1 for a in self.apdus if a[1] == INS_VERIFY and a[2] == 0 and len(a) > 5)
+
+    # --- driving the card --------------------------------------------------------------
+
+    def slow_signatures(self, seconds: float) -> None:
+        """Every signature takes `seconds` on the card (0: as fast as it can)."""
+        if self.skf is not None:
+            self.skf.slow_signatures(seconds)
+        else:
+            self.sim.knobs.timing = (
+                TimingModel.flat(0.0, seconds) if seconds else (TimingModel.INSTANT)
+            )
+
+    def faulty_signatures(self, faulty: bool) -> None:
+        """The card's signatures come back with one bit flipped (a faulty card)."""
+        if self.skf is not None:
+            self.skf.faulty_signatures(faulty)
+            return
+        sim = self.sim
+        healthy = getattr(self, "_healthy_process", None)
+        if not faulty:
+            if healthy is not None:
+                sim.process = healthy  # type: ignore[method-assign]
+                self._healthy_process = None
+            return
+        if healthy is not None:
+            return  # already faulty
+        process = self._healthy_process = sim.process
+
+        def faulty_process(apdu: bytes) -> bytes:
+            response = process(apdu)
+            if apdu[1] == INS_PSO and response[-2:] == b"\x90\x00" and len(response) > 2:
+                response = bytes([response[0] ^ 0x01]) + response[1:]  # one flipped bit
+            return response
+
+        sim.process = faulty_process  # type: ignore[method-assign]
+
     def pull_card(self) -> None:
-        """The visitor takes the card out (simulated reader, or the vpcd link closes)."""
-        if self.vpcd is not None:
+        """The visitor takes the card out (simulated reader, the vpcd link closes, or
+        the token is unplugged)."""
+        if self.skf is not None:
+            self.skf.pull()
+        elif self.vpcd is not None:
             self.vpcd.link.remove()
         else:
             self.backend.pull_card()
 
     def insert_card(self) -> None:
-        if self.vpcd is not None:
+        if self.skf is not None:
+            self.skf.insert()
+        elif self.vpcd is not None:
             self.vpcd.link.insert()
         else:
             self.backend.insert_card()

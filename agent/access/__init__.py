@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from agent.errors import wire_error
 from card.crypto.certs import CertificateInfo
 from card.eport.driver import CardInfo, CertSlot, PinStatus, Signature
+from card.identify import DriverInfo
 
 __all__ = ["CardAccess", "CardCommandError", "ReaderView", "SignTest"]
 
@@ -77,6 +78,15 @@ class CardAccess(Protocol):
     async def certificates(self) -> dict[CertSlot, CertificateInfo]: ...
 
     async def pin_status(self) -> PinStatus: ...
+
+    async def driver_info(self) -> DriverInfo:
+        """Which driver serves the card (opens it if need be)."""
+        ...
+
+    async def identify(self) -> dict[str, Any]:
+        """The card's identify report (card.identify), JSON-ready: the same document
+        as `GET /v1/card/identify`."""
+        ...
 
     async def change_pin(self, old_pin: str, new_pin: str, *, confirm_final_try: bool) -> None: ...
 

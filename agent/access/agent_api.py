@@ -42,6 +42,7 @@ from card.eport.driver import (
     SignAlgorithm,
     Signature,
 )
+from card.identify import DriverInfo
 
 if TYPE_CHECKING:
     from agent.config import Config
@@ -319,6 +320,16 @@ class ApiAccess(CardAccess):
     async def pin_status(self) -> PinStatus:
         data = await self._call("GET", "/v1/pin")
         return PinStatus(data["tries_left"], bool(data["blocked"]), bool(data["verified"]))
+
+    async def driver_info(self) -> DriverInfo:
+        data = await self._call("GET", "/v1/card/driver")
+        return DriverInfo(**{k: data.get(k) for k in DriverInfo.__dataclass_fields__})
+
+    async def identify(self) -> dict[str, Any]:
+        data = await self._call("GET", "/v1/card/identify")
+        if not isinstance(data, dict):
+            raise CardCommandError(ErrorCode.INTERNAL_ERROR.value, "identify: not a JSON object")
+        return data
 
     async def change_pin(self, old_pin: str, new_pin: str, *, confirm_final_try: bool) -> None:
         await self._call(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from agent.access import (
     SELFTEST_TITLE,
@@ -18,6 +18,7 @@ from agent.service import Caller, CardService
 from agent.vocabulary import Purpose
 from card.crypto.certs import CertificateInfo
 from card.eport.driver import CardInfo, CertSlot, PinStatus
+from card.identify import DriverInfo
 
 T = TypeVar("T")
 
@@ -66,6 +67,12 @@ class ServiceAccess(CardAccess):
 
     async def pin_status(self) -> PinStatus:
         return await self._call(self.service.pin_status)
+
+    async def driver_info(self) -> DriverInfo:
+        return await self._call(self.service.driver_info)
+
+    async def identify(self) -> dict[str, Any]:
+        return (await self._call(self.service.identify)).to_json()
 
     async def change_pin(self, old_pin: str, new_pin: str, *, confirm_final_try: bool) -> None:
         await self._call(

@@ -148,6 +148,93 @@ class SessionEndAnswer(_Answer):
     ended: bool
 
 
+# --- which card is this (card.identify): field names as the dataclasses' ------------------
+
+
+class _Report(_Answer):
+    model_config = ConfigDict(frozen=True, from_attributes=True)
+
+
+class DriverAnswer(_Report):
+    driver: Literal["eport-apdu", "skf"]
+    why: str = Field(description="The registry entry that chose it, or the fallback")
+    entry: str | None = Field(description="The driver registry entry's name")
+    source: str | None = Field(description="The registry file the entry came from")
+    library: str | None = Field(description="SKF: the vendor library")
+    device: str | None
+    application: str | None
+    container: str | None
+
+
+class AtrAnswer(_Report):
+    hex: str
+    convention: str | None
+    protocols: list[int]
+    historical_bytes: str = Field(description="hex")
+    historical_text: str = Field(description="printable ASCII, '.' for the rest")
+    tck: Literal["ok", "wrong", "absent", "unknown"]
+    known_as: str | None
+    error: str | None = Field(description="Why the ATR does not parse, if it does not")
+
+
+class RegistryAnswer(_Report):
+    entry: str | None = Field(description="The first matching entry; null: none matches")
+    driver: Literal["eport-apdu", "skf"] | None
+    source: str | None
+    description: str
+    reasons: list[str] = Field(description="Why each entry tried before did not match")
+
+
+class AidAnswer(_Report):
+    name: str
+    aid: str = Field(description="hex")
+    sw: str = Field(description="The status word of SELECT (empty: no valid answer)")
+    selected: bool
+    fci: str | None = Field(description="The first bytes of the FCI, hex")
+
+
+class SkfContainerAnswer(_Report):
+    name: str
+    type: str
+
+
+class SkfApplicationAnswer(_Report):
+    name: str
+    containers: list[SkfContainerAnswer]
+    error: str | None
+
+
+class SkfDeviceAnswer(_Report):
+    name: str
+    registry: RegistryAnswer
+    manufacturer: str | None
+    issuer: str | None
+    label: str | None
+    serial_number: str | None = Field(description="Masked: the last four characters")
+    version: str | None
+    hardware_version: str | None
+    firmware_version: str | None
+    applications: list[SkfApplicationAnswer]
+    error: str | None
+
+
+class SkfAnswer(_Report):
+    library: str
+    device_events: bool = Field(description="Exports SKF_WaitForDevEvent")
+    devices: list[SkfDeviceAnswer]
+    error: str | None
+
+
+class IdentifyAnswer(_Report):
+    backend: str
+    reader: str | None
+    atr: AtrAnswer | None = Field(description="null: the backend sees none (SKF)")
+    registry: RegistryAnswer | None
+    applications: list[AidAnswer] = Field(description="SELECT of well-known AIDs")
+    skf: SkfAnswer | None = Field(description="What the SKF library enumerates")
+    notes: list[str]
+
+
 class ErrorBody(_Answer):
     code: ErrorCode
     message: str

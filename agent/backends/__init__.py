@@ -1,5 +1,5 @@
 """Where the card owner thread gets its card from: one module per kind of reader
-(`simulated`, `pcsc`), behind the `CardBackend` protocol defined here.
+(`simulated`, `pcsc`, `skf`), behind the `CardBackend` protocol defined here.
 
 A `CardBackend` is used by exactly one thread (the agent's card owner thread), with one
 exception: `wake()` may be called from any thread to end a blocking `poll_events` early.
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 if TYPE_CHECKING:
     from card.eport.driver import CardDriver
+    from card.identify import DriverInfo, IdentifyReport
     from card.transport import Transport
 
 EventKind = Literal["reader_added", "reader_removed", "card_inserted", "card_removed"]
@@ -101,6 +102,17 @@ class CardBackend(Protocol):
 
     def close(self) -> None:
         """Release everything. Called from the owner thread when it exits."""
+        ...
+
+    def driver_info(self) -> DriverInfo:
+        """Which driver the current one is and why it was chosen (the registry entry,
+        the built-in fallback). Raises CardMissing when no driver is open."""
+        ...
+
+    def identify(self) -> IdentifyReport:
+        """What the card in the reader is (card.identify), without changing it: called
+        with no driver open (the owner releases it first). Raises CardMissing when
+        there is no card."""
         ...
 
 

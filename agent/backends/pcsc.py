@@ -1,4 +1,5 @@
-"""A real reader through pcscd (`card.pcsc.PcscTransport` + `card.monitor.CardMonitor`)."""
+"""A real reader through pcscd (`card.pcsc.PcscTransport` + `card.monitor.CardMonitor`),
+with the driver for each card chosen by the driver registry (`card.registry`)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,25 @@ import logging
 import re
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.backends import BackendEvent, SessionFactory, eport_session
-from card.errors import CardError, TransportError
+from card.errors import CardError, CardMissing, TransportError, UnsupportedCard
+from card.identify import (
+    DriverInfo,
+    IdentifyReport,
+    RegistryReport,
+    atr_report,
+    select_report,
+    skf_report,
+)
+from card.registry import DriverEntry, Match, Observation, Registry, SkfLibraryDriver
 
 if TYPE_CHECKING:
     from card.eport.driver import CardDriver
+    from card.skf.binding import SkfLibrary
+    from card.skf.driver import SkfDriver
     from card.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -24,6 +37,13 @@ class PcscBackend:
     `reader`: a pattern the reader's name must contain (`CardConfig.reader_pattern()`),
     or None for the first reader holding a card (a kiosk has one). With a pattern,
     events for other readers are ignored.
+
+    Drivers: the card's ATR and reader name are looked up in `registry` (first match
+    wins). An `eport-apdu` entry gets our APDU profile over this connection; an `skf`
+    entry gets its vendor library, after our connection is released (the library
+    opens its own, and ours is exclusive). With no match the built-in APDU profile is
+    tried all the same (a card of ours with an ATR nobody listed); a card that does
+    not answer it is an UnsupportedCard that says so and points to `card identify`.
 
     Waking: `wake()` only flags the request and returns; a waker thread of this backend
     makes the `CardMonitor.cancel()` call (SCardCancel; the monitor remembers a cancel
@@ -40,9 +60,16 @@ class PcscBackend:
         open_session: SessionFactory = eport_session,
         transport_factory: Callable[[re.Pattern[str] | None], Transport] | None = None,
         monitor_factory: Callable[[], Any] | None = None,
+        registry: Registry | None = None,
+        skf_library_factory: Callable[[Path], SkfLibrary] | None = None,
     ) -> None:
         self.reader = reader
+        self.registry = registry
         self._open_session = open_session
+        self._skf_library_factory = skf_library_factory or _skf_library
+        self._skf_libraries: dict[Path, SkfLibrary] = {}  # loaded on first use, kept
+        self._skf_driver: SkfDriver | None = None  # while an skf entry's driver is open
+        self._info: DriverInfo | None = None
         self._transport_factory = transport_factory or _pcsc_transport
         self._monitor_factory = monitor_factory or _pcsc_monitor
         self._lock = threading.Lock()
@@ -57,17 +84,137 @@ class PcscBackend:
         self.drop_driver()
         transport = self._transport_factory(self.reader)
         try:
-            driver = self._open_session(transport)
+            if self.registry is None:  # nothing to choose from: our profile
+                driver = self._open_session(transport)
+                self._info = DriverInfo("eport-apdu", "the built-in APDU profile (no registry)")
+            else:
+                atr = transport.atr  # connects: CardMissing, ReaderMissing, ...
+                reader = _reader_of(transport)
+                match = self._match(atr, reader)
+                entry = match.entry
+                if entry is not None and isinstance(entry.driver, SkfLibraryDriver):
+                    _close_quietly(transport)  # the vendor library connects by itself
+                    return self._open_skf(entry, entry.driver, reader)
+                driver = self._open_apdu(transport, match, atr, reader)
         except BaseException:
             _close_quietly(transport)
             raise
         self._transport = transport
         return driver
 
+    def _match(self, atr: bytes, reader: str | None) -> Match:
+        if self.registry is None:
+            return Match(None, ("no driver registry",))
+        return self.registry.match(Observation(atr=atr, reader=reader))
+
+    def _open_apdu(
+        self, transport: Transport, match: Match, atr: bytes, reader: str | None
+    ) -> CardDriver:
+        entry = match.entry
+        try:
+            driver = self._open_session(transport)
+        except UnsupportedCard as exc:
+            if entry is not None:
+                raise
+            raise UnsupportedCard(
+                f"no driver registry entry matches this card (ATR {atr.hex(' ').upper()}, "
+                f"reader {reader!r}) and it does not answer the built-in E-Port profile "
+                f"({exc}); run `card-agent card identify` for a report"
+            ) from exc
+        if entry is None:
+            why = "no registry entry matched; the built-in APDU profile answered"
+            self._info = DriverInfo("eport-apdu", why)
+        else:
+            self._info = DriverInfo(
+                "eport-apdu", f"registry entry {entry.name}", entry.name, entry.source
+            )
+        return driver
+
+    def _open_skf(
+        self, entry: DriverEntry, spec: SkfLibraryDriver, reader: str | None
+    ) -> CardDriver:
+        from card.skf.driver import SkfDriver, options_for
+
+        library = self._library(spec.library)
+        names = [name.text for name in library.enum_dev(True)]
+        if not names:
+            raise CardMissing(
+                f"registry entry {entry.name} sends this card to {spec.library}, which "
+                "lists no device"
+            )
+        # A library over PC/SC usually names its devices after the readers.
+        device = reader if reader in names else names[0]
+        driver = SkfDriver.open(library, options_for(spec, device))
+        self._skf_driver = driver
+        self._info = DriverInfo(
+            "skf",
+            f"registry entry {entry.name}",
+            entry.name,
+            entry.source,
+            library=str(spec.library),
+            device=device,
+            application=driver.discovery.application,
+            container=driver.discovery.container,
+        )
+        return driver
+
+    def _library(self, path: Path) -> SkfLibrary:
+        """The vendor library at `path`, loaded (in the owner thread) the first time an
+        entry sends a card to it, then kept: libraries are not unloaded."""
+        library = self._skf_libraries.get(path)
+        if library is None:
+            library = self._skf_libraries[path] = self._skf_library_factory(path)
+        return library
+
     def drop_driver(self) -> None:
+        self._info = None
+        skf, self._skf_driver = self._skf_driver, None
+        if skf is not None:
+            skf.close()  # ignores errors: the card may be gone
         transport, self._transport = self._transport, None
         if transport is not None:
             _close_quietly(transport)
+
+    def driver_info(self) -> DriverInfo:
+        if self._info is None:
+            raise CardMissing("no card driver is open")
+        return self._info
+
+    def identify(self) -> IdentifyReport:
+        self.drop_driver()
+        transport = self._transport_factory(self.reader)
+        try:
+            atr = transport.atr
+            reader = _reader_of(transport)
+            match = self._match(atr, reader)
+            applications = select_report(transport)
+        finally:
+            _close_quietly(transport)  # before an SKF library looks at the card
+        notes: list[str] = []
+        skf = None
+        entry = match.entry
+        if self.registry is not None and entry is not None:
+            if isinstance(entry.driver, SkfLibraryDriver):
+                try:
+                    library = self._library(entry.driver.library)
+                except CardError as exc:
+                    notes.append(f"registry entry {entry.name}: {exc}")
+                else:
+                    skf = skf_report(library, self.registry)
+        elif self.registry is not None:
+            notes.append(
+                "no registry entry matches: the agent tries the built-in APDU profile "
+                "(its application is the first SELECT below)"
+            )
+        return IdentifyReport(
+            backend="pcsc",
+            reader=reader,
+            atr=atr_report(atr),
+            registry=RegistryReport.from_match(match) if self.registry is not None else None,
+            applications=applications,
+            skf=skf,
+            notes=tuple(notes),
+        )
 
     def poll_events(self, timeout_s: float) -> list[BackendEvent]:
         with self._lock:
@@ -130,6 +277,17 @@ class PcscBackend:
         self.drop_driver()
         if monitor is not None:
             _close_quietly(monitor)
+
+
+def _reader_of(transport: Transport) -> str | None:
+    reader = getattr(transport, "reader", None)  # PcscTransport: the connected reader
+    return reader if isinstance(reader, str) else None
+
+
+def _skf_library(path: Path) -> SkfLibrary:
+    from card.skf.binding import SkfLibrary
+
+    return SkfLibrary(path)
 
 
 def _pcsc_transport(reader: re.Pattern[str] | None) -> Transport:

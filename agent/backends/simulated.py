@@ -13,10 +13,21 @@ from agent.backends import (
     eport_session,
 )
 from card.errors import CardMissing
+from card.identify import (
+    DriverInfo,
+    IdentifyReport,
+    atr_report,
+    registry_report,
+    select_report,
+)
+from card.registry import Observation
 
 if TYPE_CHECKING:
     from card.eport.driver import CardDriver
+    from card.registry import Registry
     from simulator.virtual import VirtualCard
+
+_DRIVER = DriverInfo("eport-apdu", "the built-in APDU profile (simulated backend)")
 
 
 class SimulatedBackend:
@@ -25,6 +36,9 @@ class SimulatedBackend:
     `pull_card()` / `insert_card()` simulate a card pull and re-insertion from any
     thread (tests, an admin or demo command): the transport starts failing with
     CardRemoved at once, and the owner thread sees card_removed / card_inserted.
+
+    The simulated card always gets the built-in APDU profile; `registry` is only
+    consulted for `identify` (what a PC/SC kiosk would match this card with).
     """
 
     def __init__(
@@ -33,11 +47,13 @@ class SimulatedBackend:
         *,
         reader_name: str = "Simulated E-Port Reader 00",
         open_session: SessionFactory = eport_session,
+        registry: Registry | None = None,
     ) -> None:
         from simulator.inprocess import InProcessTransport
 
         self.card = card
         self.reader_name = reader_name
+        self.registry = registry
         self._open_session = open_session
         self._transport = InProcessTransport(card)
         self._lock = threading.Lock()  # card presence, and the transport with it
@@ -65,6 +81,25 @@ class SimulatedBackend:
 
     def drop_driver(self) -> None:
         pass  # the session holds nothing but the shared transport
+
+    def driver_info(self) -> DriverInfo:
+        return _DRIVER
+
+    def identify(self) -> IdentifyReport:
+        with self._lock:
+            present = self._present
+        if not present:
+            raise CardMissing(f"no card in {self.reader_name}")
+        atr = self._transport.atr
+        seen = Observation(atr=atr, reader=self.reader_name)
+        return IdentifyReport(
+            backend="simulated",
+            reader=self.reader_name,
+            atr=atr_report(atr),
+            registry=registry_report(self.registry, seen) if self.registry else None,
+            applications=select_report(self._transport),
+            notes=("the simulated backend always uses the built-in APDU profile",),
+        )
 
     def poll_events(self, timeout_s: float) -> list[BackendEvent]:
         return self._events.wait(timeout_s)

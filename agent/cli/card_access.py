@@ -14,7 +14,7 @@ import contextlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -22,6 +22,7 @@ from agent.access import CardAccess, CardCommandError, ReaderView, SignTest
 from agent.vocabulary import ErrorCode
 from card.crypto.certs import CertificateInfo
 from card.eport.driver import CardInfo, CertSlot, PinStatus
+from card.identify import DriverInfo
 
 if TYPE_CHECKING:
     from agent.access.agent_api import LocalToolToken
@@ -58,10 +59,12 @@ async def open_card_access(config: Config) -> AsyncIterator[CardAccess]:
 
     try:
         async with contextlib.AsyncExitStack() as stack:
+            from agent.config import ConfigError
+
             try:
                 service = await stack.enter_async_context(local_service(config))
-            except (CardCommandError, PermissionError):
-                raise
+            except (CardCommandError, PermissionError, ConfigError):
+                raise  # the configuration's problem (e.g. its driver registry): config_invalid
             except Exception as exc:  # a corrupt simulated-card file, an unknown profile
                 raise _open_failure(exc) from exc
             yield ServiceAccess.local(service)
@@ -138,6 +141,8 @@ class DeferredCardAccess(CardAccess):
         self._failure: CardCommandError | None = None
 
     async def _opened(self) -> CardAccess:
+        from agent.config import ConfigError
+
         if self._access is not None:
             return self._access
         if self._failure is not None:
@@ -153,6 +158,9 @@ class DeferredCardAccess(CardAccess):
                 f"{exc.filename or self._config.paths.state_dir}: permission denied; "
                 "run as root or as the card-agent user",
             )
+            raise self._failure from None
+        except ConfigError as exc:  # the driver registry, an SKF library: found at start
+            self._failure = CardCommandError("config_invalid", str(exc))
             raise self._failure from None
         self.mode = self._access.mode
         return self._access
@@ -171,6 +179,12 @@ class DeferredCardAccess(CardAccess):
 
     async def pin_status(self) -> PinStatus:
         return await (await self._opened()).pin_status()
+
+    async def driver_info(self) -> DriverInfo:
+        return await (await self._opened()).driver_info()
+
+    async def identify(self) -> dict[str, Any]:
+        return await (await self._opened()).identify()
 
     async def change_pin(self, old_pin: str, new_pin: str, *, confirm_final_try: bool) -> None:
         access = await self._opened()

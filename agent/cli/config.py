@@ -40,12 +40,15 @@ def config_warnings(config: Config) -> list[str]:
                 warnings.append(f"card.ca_bundle {bundle}: no certificate in it")
         except Exception as exc:
             warnings.append(f"card.ca_bundle {bundle}: {exc}")
-    elif config.card.backend == "pcsc":
+    elif config.card.backend != "simulated":
         warnings.append("card.ca_bundle unset: the card's certificate chain is not checked")
     if not config.security.allowed_origins:
         warnings.append("security.allowed_origins is empty: no browser extension can pair")
     if config.card.demo and config.card.backend == "pcsc":
         warnings.append("card.demo is set: virtual readers are accepted (never on production)")
+    registry = config.card.registry
+    if registry is not None and not registry.is_absolute():
+        warnings.append(f"card.registry {registry} is relative to the cwd")
     if not config.paths.state_dir.is_absolute():
         warnings.append(f"paths.state_dir {config.paths.state_dir} is relative to the cwd")
     return warnings
@@ -76,16 +79,21 @@ def config_show(cli: CliContext) -> None:
 @json_option
 @pass_cli
 def config_check(cli: CliContext) -> None:
-    """Validate the configuration; exit 1 with the reasons if it is not usable."""
+    """Validate the configuration and its driver registry; exit 1 with the reasons if
+    they are not usable."""
+    from agent.config import ConfigError, load_driver_registry
+
     try:
         config = cli.config
-    except CliError as exc:
-        if exc.code != "config_invalid":
+        load_driver_registry(config.card)
+    except (CliError, ConfigError) as exc:
+        if isinstance(exc, CliError) and exc.code != "config_invalid":
             raise
+        message = exc.message if isinstance(exc, CliError) else str(exc)
         if cli.as_json:
-            cli.emit({"valid": False, "errors": exc.message.splitlines(), "warnings": []})
+            cli.emit({"valid": False, "errors": message.splitlines(), "warnings": []})
         else:
-            click.echo(exc.message, err=True)
+            click.echo(message, err=True)
         click.get_current_context().exit(1)
     warnings = config_warnings(config)
     if cli.as_json:

@@ -70,8 +70,11 @@ def cli_error_for(exc: BaseException) -> CliError | None:
         )
     # Imported only now: `card-agent --help` loads nothing but click.
     from agent.access import CardCommandError
+    from agent.config import ConfigError
     from agent.pairing import PairingError
 
+    if isinstance(exc, ConfigError):  # found at start: the driver registry, an SKF library
+        return CliError("config_invalid", str(exc))
     if isinstance(exc, CardCommandError):
         return CliError(exc.code, exc.message, exc.details)
     if isinstance(exc, PairingError):

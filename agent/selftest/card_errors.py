@@ -12,7 +12,9 @@ _HINTS = {
     "(`sudo systemctl stop card-agent` only when testing the card directly)",
     "card_missing": "insert the E-Port card",
     "card_removed": "leave the card in the reader during the selftest",
-    "unsupported_card": "this is not an E-Port card: insert the holder's E-Port card",
+    "unsupported_card": "not a card this kiosk knows: insert the holder's E-Port card; "
+    "for a new kind of card, `card-agent card identify` makes the report to send",
+    "config_invalid": "card-agent config check says what to fix",
     "busy": "the agent is busy signing: run the selftest again in a moment",
     "timeout": "the card did not answer: re-insert it; if that repeats, change the reader",
     "card_timeout": "the card did not answer: re-insert it; if that repeats, change the reader",

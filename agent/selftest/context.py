@@ -49,7 +49,7 @@ class SelftestContext:
     def unmet(self, need: Need) -> str | None:
         """Why `need` is not met (the skip message of a check that needs it), or None."""
         if need is Need.PCSC:
-            return None if self.pcsc else "n/a (simulated backend)"
+            return None if self.pcsc else f"n/a ({self.config.card.backend} backend)"
         if need is Need.SIGN_REQUEST:
             return None if self.sign is not None else "not requested (--sign)"
         if need is Need.CERTIFICATE:

@@ -146,7 +146,10 @@ class SkfLibrary:
     # --- plumbing ------------------------------------------------------------------------
 
     def _call(self, name: str, *args: Any) -> int:
-        return int(self._fn[name](*args))
+        rc = int(self._fn[name](*args))
+        # The name and the result only: arguments may hold a PIN.
+        log.debug("%s -> %s", name, codes.sar_name(rc))
+        return rc
 
     def _check(self, name: str, *args: Any) -> None:
         rc = self._call(name, *args)

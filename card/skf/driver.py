@@ -17,6 +17,7 @@ What the agent gets, and where it comes from:
 * PIN: SKF_GetPINInfo (spends no try), SKF_VerifyPIN / SKF_ChangePIN with the retry
   count the library reports, SKF_ClearSecureState to log out. SKF has no "am I
   verified" query: `PinStatus.verified` is what this driver did (verify, then logout);
+  while verified `tries_left` is None, as the `CardDriver` protocol says;
 * SM2: e = SM3(Z||M) computed on the host (signer's key from the certificate, default
   ID), exactly as `EPortSession`, then SKF_ECCSignData(e); the ECCSIGNATUREBLOB becomes
   raw r||s. Computing e on the host rather than with SKF_DigestInit keeps one
@@ -230,7 +231,10 @@ class SkfDriver:
     def pin_status(self) -> PinStatus:
         info = self.library.get_pin_info(self._application(), t.USER_TYPE)
         blocked = info.remaining == 0
-        return PinStatus(info.remaining, blocked=blocked, verified=self._verified and not blocked)
+        verified = self._verified and not blocked
+        # As the CardDriver protocol (and the API) say: no count while verified, as an
+        # APDU card's status query reports none; the library's is the max again anyway.
+        return PinStatus(None if verified else info.remaining, blocked, verified)
 
     def verify_pin(self, pin: str) -> None:
         value = check_pin_format(pin)

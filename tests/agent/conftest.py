@@ -3,9 +3,11 @@
 Every agent runs in-process in a background thread (`uvicorn.Server` with
 `should_exit` for shutdown), built by `agent.runtime.build_runtime` from a `Config`
 with a temporary state directory and a simulated card kept in memory
-(`sim_state_file=""`), so tests reach the card itself (`agent.sim`) and the reader
-(`agent.pull_card()` / `insert_card()`), on the simulated backend and, marked `pcsc`,
-on the PC/SC backend with the same software card behind pcscd + vpcd.
+(`sim_state_file=""`), so tests reach the card itself and the reader
+(`agent.pull_card()` / `insert_card()`), on the simulated backend; marked `pcsc`, on
+the PC/SC backend with the same software card behind pcscd + vpcd; marked `skf`, on the
+SKF backend with the same card in a softskf token (tests/skf/softskf/plugged.py). Tests
+observe the card through `CardHandle`'s backend-neutral methods (tests/pcscd_support.py).
 
 The listening socket is bound before the server starts (port 0), so the port in the
 Host allowlist is the one the server really listens on, with no race for a free port.
@@ -42,6 +44,7 @@ from agent.config import CardConfig, Config, PathsConfig, SecurityConfig, Server
 from agent.pairing import PairingStore
 from agent.runtime import Runtime, audit_path, build_runtime, pairing_path
 from tests.pcscd_support import BACKENDS, CardHandle, PcscCard, plugged_card
+from tests.skf.softskf.plugged import SkfCard, plugged_skf_card
 from tests.support.constants import CARD_PIN, ORIGIN, OTHER_ORIGIN, UNLISTED_ORIGIN
 from tests.support.logs import captured_logs
 from tests.support.server import ServerThread, loopback_socket
@@ -70,6 +73,8 @@ class Agent(CardHandle):
     apdus: list[bytes] = field(default_factory=list, repr=False)
     # PC/SC backend only: the software card behind vpcd, its link and its reader.
     vpcd: PcscCard | None = field(default=None, repr=False)
+    # SKF backend only: the softskf token holding the card.
+    skf: SkfCard | None = field(default=None, repr=False)
 
     @property
     def base_url(self) -> str:
@@ -95,25 +100,18 @@ class Agent(CardHandle):
     def pairing_path(self) -> Path:
         return pairing_path(self.runtime.config)
 
-    def watch_card(self) -> None:
-        """Record every command APDU the simulated card processes (in `apdus`)."""
-        sim = self.sim
-        process = sim.process
-
-        def recording(apdu: bytes) -> bytes:
-            self.apdus.append(bytes(apdu))
-            return process(apdu)
-
-        sim.process = recording  # type: ignore[method-assign]
-
     @contextlib.contextmanager
     def untouched(self) -> Iterator[None]:
-        """Asserts that nothing in the block reached a handler that does anything: no
-        APDU sent to the card, no PIN try spent, no audit record written."""
-        apdus, tries, records = len(self.apdus), self.sim.state.pin.tries_left, self.audit_size()
+        """Asserts that nothing in the block reached a handler that does anything:
+        nothing sent to the card, no PIN try spent, no audit record written."""
+        operations, tries, records = (
+            self.card_operations(),
+            self.pin_tries_left(),
+            self.audit_size(),
+        )
         yield
-        assert self.apdus[apdus:] == []
-        assert self.sim.state.pin.tries_left == tries
+        assert self.card_operations() == operations
+        assert self.pin_tries_left() == tries
         assert self.audit_size() == records
 
     def audit_size(self) -> int:
@@ -350,10 +348,12 @@ def running_agent(
     security: dict[str, Any] | None = None,
     card: dict[str, Any] | None = None,
     pcsc: PcscCard | None = None,
+    skf: SkfCard | None = None,
 ) -> Iterator[Agent]:
     """An agent on the simulated backend, or, with `pcsc`, on the PC/SC backend reading
-    the software card through pcscd + vpcd (the card's settings then describe that card:
-    its profile and timing)."""
+    the software card through pcscd + vpcd, or, with `skf`, on the SKF backend with the
+    card in a softskf token (the card's settings then describe that card: its profile
+    and timing)."""
     root.mkdir(parents=True, exist_ok=True)
     log_path = root / "agent.log"
     sock = loopback_socket()
@@ -365,6 +365,12 @@ def running_agent(
             "backend": "pcsc",
             "reader": pcsc.reader,
         }
+    if skf is not None:
+        card_settings = {
+            **{k: v for k, v in card_settings.items() if k not in ("profile", "timing")},
+            "backend": "skf",
+            "registry": skf.registry_path,
+        }
     config = Config(
         server=ServerConfig(host="127.0.0.1", port=port),
         security=SecurityConfig(**{"allowed_origins": (ORIGIN, OTHER_ORIGIN), **(security or {})}),
@@ -375,9 +381,9 @@ def running_agent(
         runtime = build_runtime(config)
         try:
             with ServerThread(runtime.app, sock):
-                agent = Agent(runtime, port, root, log_path, vpcd=pcsc)
+                agent = Agent(runtime, port, root, log_path, vpcd=pcsc, skf=skf)
                 agent.watch_card()
-                if pcsc is not None:  # the owner thread sees the card at its first poll
+                if pcsc is not None or skf is not None:  # seen at the owner's first poll
                     assert agent.wait_for(agent.card_present, timeout=START_TIMEOUT_S)
                 yield agent
         finally:
@@ -404,6 +410,10 @@ def make_agent(
                 overrides["pcsc"] = stack.enter_context(
                     plugged_card(request, overrides.get("card"))
                 )
+            elif backend_kind == "skf":
+                overrides["skf"] = stack.enter_context(
+                    plugged_skf_card(root / "token", overrides.get("card"))
+                )
             return stack.enter_context(running_agent(root, **overrides))
 
         yield make
@@ -415,13 +425,15 @@ def shared_agent(
 ) -> Iterator[Agent]:
     """One agent for a whole module of probes that leave the card as it was."""
     with contextlib.ExitStack() as stack:
+        root = tmp_path_factory.mktemp("shared")
         pcsc = stack.enter_context(plugged_card(request, None)) if request.param == "pcsc" else None
+        skf = (
+            stack.enter_context(plugged_skf_card(root / "token"))
+            if request.param == "skf"
+            else None
+        )
         yield stack.enter_context(
-            running_agent(
-                tmp_path_factory.mktemp("shared"),
-                security={"max_body_bytes": 64 * 1024},
-                pcsc=pcsc,
-            )
+            running_agent(root, security={"max_body_bytes": 64 * 1024}, pcsc=pcsc, skf=skf)
         )
 
 

@@ -17,7 +17,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from tests.agent.conftest import ORIGIN, OTHER_ORIGIN, Agent, assert_error, sign_body
-from tests.agent.test_api_flow import pin_presented, sign_ok, signatures_made
+from tests.agent.test_api_flow import sign_ok
 
 LONE_SURROGATE_TITLE = b'{"purpose": "seal", "title": "t\\ud800", "data": "ZG9j"}'
 
@@ -34,11 +34,11 @@ def test_a_lone_surrogate_in_the_title_never_reaches_the_card(
 ) -> None:
     assert agent.verify(client).status_code == 200
     records = len(agent.audit_records())
-    before = len(agent.apdus)
+    before = agent.signatures_made()
     r = post_raw(client, "/v1/sign", LONE_SURROGATE_TITLE)
     error = assert_error(r, 422, "invalid_input")
     assert error["details"]["fields"] == ["title"]
-    assert signatures_made(agent, before) == 0
+    assert agent.signatures_made() == before
     assert len(agent.audit_records()) == records
     sign_ok(agent, client)  # the session and the card are as they were
 
@@ -77,11 +77,11 @@ def test_a_failure_after_the_card_signed_still_leaves_a_record(
 
     monkeypatch.setattr(audit, "append", failing_outcome)
     monkeypatch.setattr(audit, "append_later", failing_outcome, raising=False)
-    before = len(agent.apdus)
+    before = agent.signatures_made()
     r = client.post("/v1/sign", json=sign_body(b"signed, then the disk filled"))
     assert r.status_code >= 500
     assert "signature" not in r.json()
-    assert signatures_made(agent, before) == 1
+    assert agent.signatures_made() == before + 1
     requests = [rec for rec in agent.audit_records() if rec["event"] == "sign_request"]
     assert requests, "no durable record names the request the card signed"
     assert requests[-1]["title"] == "Test document"
@@ -130,21 +130,21 @@ def test_documents_over_max_data_bytes_are_refused(
     token = agent.pair()
     with agent.client(ORIGIN, token) as client:
         assert agent.verify(client).status_code == 200
-        before = len(agent.apdus)
+        before = agent.signatures_made()
         assert_error(
             client.post("/v1/sign", json=sign_body(b"x" * (limit + extra))),
             413,
             "payload_too_large",
         )
-        assert signatures_made(agent, before) == 0
+        assert agent.signatures_made() == before
         sign_ok(agent, client, b"x" * limit)
 
 
 def test_an_empty_document_is_refused(agent: Agent, client: httpx.Client) -> None:
     assert agent.verify(client).status_code == 200
-    before = len(agent.apdus)
+    before = agent.signatures_made()
     assert_error(client.post("/v1/sign", json=sign_body(b"")), 422, "invalid_input")
-    assert signatures_made(agent, before) == 0
+    assert agent.signatures_made() == before
 
 
 # --- 7: one caller's pairing flood does not lock the others out ------------------------------
@@ -181,14 +181,14 @@ def test_another_clients_wrong_pin_ends_the_session_visibly(agent: Agent) -> Non
         assert agent.verify(a).status_code == 200
         sign_ok(agent, a)
         assert_error(agent.verify(b, "31415926"), 403, "pin_incorrect")
-        assert not agent.sim.verified
+        assert not agent.card_verified()
         # The agent's view agrees with the card's, before anything is sent to the card.
         assert len(agent.runtime.service.sessions) == 0
-        before = len(agent.apdus)
+        before = agent.signatures_made()
         error = assert_error(a.post("/v1/sign", json=sign_body()), 401, "session_required")
         assert error["details"] == {"reason": "card_verification_lost"}
         assert "another client" in error["message"]
-        assert signatures_made(agent, before) == 0
+        assert agent.signatures_made() == before
         ended = [r for r in agent.audit_records() if r["event"] == "session_end"]
         assert ended[-1]["reason"] == "card_verification_lost"
         assert ended[-1]["clients"] == [agent.client_id("first")]
@@ -203,7 +203,7 @@ def test_another_clients_right_pin_leaves_the_session(agent: Agent) -> None:
     with agent.client(ORIGIN, first) as a, agent.client(OTHER_ORIGIN, second) as b:
         assert agent.verify(a).status_code == 200
         assert agent.verify(b).status_code == 200
-        assert pin_presented(agent) >= 2
+        assert agent.pins_presented() >= 2
         sign_ok(agent, a)
         sign_ok(agent, b)
 
@@ -211,7 +211,7 @@ def test_another_clients_right_pin_leaves_the_session(agent: Agent) -> None:
 def test_the_holders_own_wrong_pin_ends_its_session(agent: Agent, client: httpx.Client) -> None:
     assert agent.verify(client).status_code == 200
     assert_error(agent.verify(client, "31415926"), 403, "pin_incorrect")
-    assert not agent.sim.verified
+    assert not agent.card_verified()
     assert_error(client.post("/v1/sign", json=sign_body()), 401, "session_required")
     assert agent.verify(client).status_code == 200
     sign_ok(agent, client)

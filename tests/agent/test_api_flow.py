@@ -1,8 +1,8 @@
 """PIN policy, signing sessions and the event WebSocket, end to end over real HTTP.
 
-The card is the simulated one inside the agent: tests read its real PIN counter and
-verified flag (`agent.sim`), count the APDUs it got (`agent.apdus`) and pull or insert
-it (`agent.pull_card()`).
+On every backend (the software card in process, behind pcscd, in a softskf token): tests
+read the card's real PIN counter and verified state, count the PINs and signature
+commands it got, and pull or insert it (tests/pcscd_support.py `CardHandle`).
 """
 
 from __future__ import annotations
@@ -32,16 +32,6 @@ from tests.agent.conftest import (
 )
 
 WRONG_PINS = ("31415926", "27182818", "14142135", "17320508", "22360679", "26457513")
-INS_VERIFY, INS_PSO = 0x20, 0x2A
-
-
-def pin_presented(agent: Agent, since: int = 0) -> int:
-    """VERIFY commands that carried a PIN block (a status query carries none)."""
-    return sum(1 for a in agent.apdus[since:] if a[1] == INS_VERIFY and a[2] == 0 and len(a) > 5)
-
-
-def signatures_made(agent: Agent, since: int = 0) -> int:
-    return sum(1 for a in agent.apdus[since:] if a[1] == INS_PSO)
 
 
 def pin_state(client: httpx.Client) -> dict[str, Any]:
@@ -67,7 +57,7 @@ def test_wrong_pin_counts_down_then_right_pin_resets(agent: Agent, client: httpx
         error = assert_error(agent.verify(client, pin), 403, "pin_incorrect")
         assert error["details"] == {"tries_left": 10 - n}
         assert pin_state(client)["tries_left"] == 10 - n
-        assert agent.sim.state.pin.tries_left == 10 - n
+        assert agent.pin_tries_left() == 10 - n
     r = agent.verify(client)
     assert r.status_code == 200, r.text
     body = r.json()
@@ -75,8 +65,8 @@ def test_wrong_pin_counts_down_then_right_pin_resets(agent: Agent, client: httpx
     assert body["card"]["card_number"].startswith("*")
     assert 0 < body["session"]["expires_in_s"] <= 180
     assert pin_state(client) == {"tries_left": None, "blocked": False, "verified": True}
-    assert agent.sim.state.pin.tries_left == 10
-    assert agent.sim.verified
+    assert agent.pin_tries_left() == 10
+    assert agent.card_verified()
     results = [(r["result"], r.get("error")) for r in agent.audit_records()]
     assert results == [("failed", "pin_incorrect")] * 3 + [("ok", None)]
 
@@ -92,16 +82,16 @@ def test_pin_floor_refuses_the_last_tries_without_confirmation(
         assert pin_state(c)["tries_left"] == 2
 
         # At the floor: refused before VERIFY, whatever the PIN (even the right one).
-        since = len(agent.apdus)
+        since = agent.pins_presented()
         for pin in (WRONG_PINS[0], CARD_PIN):
             error = assert_error(agent.verify(c, pin), 409, "pin_tries_low")
             assert error["details"] == {"tries_left": 2}
             error = assert_error(
                 agent.verify(c, pin, confirm_final_try=False), 409, "pin_tries_low"
             )
-        assert pin_presented(agent, since) == 0
+        assert agent.pins_presented() == since
         assert pin_state(c)["tries_left"] == 2
-        assert agent.sim.state.pin.tries_left == 2
+        assert agent.pin_tries_left() == 2
 
         # Confirmed: the try is spent.
         error = assert_error(
@@ -109,13 +99,13 @@ def test_pin_floor_refuses_the_last_tries_without_confirmation(
         )
         assert error["details"] == {"tries_left": 1}
         assert pin_state(c)["tries_left"] == 1
-        assert pin_presented(agent, since) == 1
+        assert agent.pins_presented() == since + 1
 
         assert_error(agent.verify(c, CARD_PIN), 409, "pin_tries_low")
         assert pin_state(c)["tries_left"] == 1
         assert agent.verify(c, CARD_PIN, confirm_final_try=True).status_code == 200
         assert pin_state(c) == {"tries_left": None, "blocked": False, "verified": True}
-    assert agent.sim.state.pin.tries_left == 10
+    assert agent.pin_tries_left() == 10
 
 
 def test_default_floor_keeps_the_last_try(make_agent: Callable[..., Agent]) -> None:
@@ -126,12 +116,12 @@ def test_default_floor_keeps_the_last_try(make_agent: Callable[..., Agent]) -> N
             assert_error(agent.verify(c, pin), 403, "pin_incorrect")
         error = assert_error(agent.verify(c, WRONG_PINS[0]), 409, "pin_tries_low")
         assert error["details"] == {"tries_left": 1}
-        assert agent.sim.state.pin.tries_left == 1
+        assert agent.pin_tries_left() == 1
         # Spending the very last try with a wrong PIN blocks the card.
         assert_error(agent.verify(c, WRONG_PINS[0], confirm_final_try=True), 403, "pin_incorrect")
-        since = len(agent.apdus)
+        since = agent.pins_presented()
         assert_error(agent.verify(c, CARD_PIN, confirm_final_try=True), 423, "pin_blocked")
-        assert pin_presented(agent, since) == 0
+        assert agent.pins_presented() == since
         assert pin_state(c) == {"tries_left": 0, "blocked": True, "verified": False}
 
 
@@ -144,22 +134,22 @@ def test_blocked_card_answers_423_without_sending_the_pin(
         assert pin_state(c) == {"tries_left": 0, "blocked": True, "verified": False}
         for pin, confirm in ((CARD_PIN, False), (CARD_PIN, True), (WRONG_PINS[0], True)):
             assert_error(agent.verify(c, pin, confirm_final_try=confirm), 423, "pin_blocked")
-        assert pin_presented(agent) == 0
-        assert agent.sim.state.pin.tries_left == 0
-        assert not agent.sim.verified
+        assert agent.pins_presented() == 0
+        assert agent.pin_tries_left() == 0
+        assert not agent.card_verified()
         assert_error(c.post("/v1/sign", json=sign_body()), 401, "session_required")
-    assert signatures_made(agent) == 0
+    assert agent.signatures_made() == 0
     assert [r["error"] for r in agent.audit_records()] == ["pin_blocked"] * 3
 
 
 def test_sign_without_session_is_refused_before_the_card(
     agent: Agent, client: httpx.Client
 ) -> None:
-    since = len(agent.apdus)
+    since = agent.card_operations()
     digest = base64.b64encode(bytes(32)).decode()
     for body in (sign_body(), {"purpose": "login", "title": "t", "digest": digest}):
         assert_error(client.post("/v1/sign", json=body), 401, "session_required")
-    assert agent.apdus[since:] == []
+    assert agent.card_operations() == since
 
 
 # --- sessions -----------------------------------------------------------------------------
@@ -209,17 +199,17 @@ def test_sessions_belong_to_the_client_that_verified(agent: Agent) -> None:
         # Ending someone else's session is not possible: b has none, a's stays, and so
         # does the card's verified state a's session relies on.
         assert b.post("/v1/session/end", json={}).json() == {"ended": False}
-        assert agent.sim.verified
+        assert agent.card_verified()
         sign_ok(agent, a)
         assert a.post("/v1/session/end", json={}).json() == {"ended": True}
-        assert not agent.sim.verified
+        assert not agent.card_verified()
 
 
 def test_card_pull_ends_the_session_and_the_next_visitor_starts_clean(
     agent: Agent, client: httpx.Client
 ) -> None:
     assert agent.verify(client).status_code == 200
-    assert agent.sim.verified
+    assert agent.card_verified()
     sign_ok(agent, client)
 
     agent.pull_card()
@@ -234,10 +224,10 @@ def test_card_pull_ends_the_session_and_the_next_visitor_starts_clean(
 
     agent.insert_card()
     assert agent.wait_for(agent.card_present, timeout=2)
-    assert not agent.sim.verified
-    since = len(agent.apdus)
+    assert not agent.card_verified()
+    since = agent.signatures_made()
     assert_error(client.post("/v1/sign", json=sign_body()), 401, "session_required")
-    assert signatures_made(agent, since) == 0
+    assert agent.signatures_made() == since
     assert pin_state(client) == {"tries_left": 10, "blocked": False, "verified": False}
     assert agent.verify(client).status_code == 200
     sign_ok(agent, client)
@@ -258,16 +248,16 @@ def test_sign_racing_a_card_pull_fails_with_a_documented_code(
         assert "signature" not in r.json()
         agent.insert_card()
         assert agent.wait_for(agent.card_present, timeout=2)
-        assert not agent.sim.verified
+        assert not agent.card_verified()
 
 
 def test_session_end_clears_the_cards_verified_state(agent: Agent, client: httpx.Client) -> None:
     assert agent.verify(client).status_code == 200
-    assert agent.sim.verified
+    assert agent.card_verified()
     r = client.post("/v1/session/end", json={})
     assert r.status_code == 200
     assert r.json() == {"ended": True}
-    assert not agent.sim.verified  # the logout was sent before the answer
+    assert not agent.card_verified()  # the logout was sent before the answer
     assert_error(client.post("/v1/sign", json=sign_body()), 401, "session_required")
     assert pin_state(client)["verified"] is False
     assert client.post("/v1/session/end", json={}).json() == {"ended": False}
@@ -280,9 +270,9 @@ def test_idle_session_expires_and_logs_the_card_out(make_agent: Callable[..., Ag
     with agent.client(ORIGIN, token) as c:
         assert agent.verify(c).status_code == 200
         sign_ok(agent, c)
-        assert agent.sim.verified
+        assert agent.card_verified()
         # Nobody asks: the service's expiry loop ends it and logs the card out.
-        assert agent.wait_for(lambda: not agent.sim.verified, timeout=3.5)
+        assert agent.wait_for(lambda: not agent.card_verified(), timeout=3.5)
         assert_error(c.post("/v1/sign", json=sign_body()), 401, "session_required")
 
 
@@ -297,10 +287,10 @@ def test_idle_session_noticed_by_a_request_still_logs_the_card_out(
     with agent.client(ORIGIN, token) as c:
         assert agent.verify(c).status_code == 200
         verified_at = time.monotonic()
-        assert agent.sim.verified
+        assert agent.card_verified()
         time.sleep(max(0.0, verified_at + 1.02 - time.monotonic()))
         assert_error(c.post("/v1/sign", json=sign_body()), 401, "session_required")
-        assert agent.wait_for(lambda: not agent.sim.verified, timeout=3.0), (
+        assert agent.wait_for(lambda: not agent.card_verified(), timeout=3.0), (
             "the card is still verified after its session expired"
         )
 
@@ -320,9 +310,9 @@ def test_one_clients_expiry_does_not_log_out_another_live_session(
         # a's session is over, b's is not: b still signs, a must verify again.
         sign_ok(agent, b)
         assert_error(a.post("/v1/sign", json=sign_body()), 401, "session_required")
-        assert agent.sim.verified
+        assert agent.card_verified()
         # Once b's session ends too, the card is logged out.
-        assert agent.wait_for(lambda: not agent.sim.verified, timeout=3.5)
+        assert agent.wait_for(lambda: not agent.card_verified(), timeout=3.5)
 
 
 # --- the agent checks the card's signature --------------------------------------------
@@ -330,24 +320,16 @@ def test_one_clients_expiry_does_not_log_out_another_live_session(
 
 @pytest.mark.parametrize("profile", ["legal-person-sm2", "rsa2048"])
 def test_card_signature_that_does_not_verify_is_withheld(
-    make_agent: Callable[..., Agent], monkeypatch: pytest.MonkeyPatch, profile: str
+    make_agent: Callable[..., Agent], profile: str
 ) -> None:
     agent = make_agent(card={"profile": profile})
     pin = "00000000" if profile == "rsa2048" else CARD_PIN
     token = agent.pair()
-    sim = agent.sim
-    process = sim.process  # already wrapped by the APDU recorder
-
-    def faulty(apdu: bytes) -> bytes:
-        response = process(apdu)
-        if apdu[1] == INS_PSO and response[-2:] == b"\x90\x00" and len(response) > 2:
-            response = bytes([response[0] ^ 0x01]) + response[1:]  # one flipped bit
-        return response
 
     with agent.client(ORIGIN, token) as c:
         assert agent.verify(c, pin).status_code == 200
         sign_ok(agent, c)
-        monkeypatch.setattr(sim, "process", faulty)
+        agent.faulty_signatures(True)
         for body in (sign_body(b"faulty card"), sign_body(b"again", signature_format="der")):
             r = c.post("/v1/sign", json=body)
             error = assert_error(r, 502, "signature_invalid")
@@ -362,7 +344,7 @@ def test_card_signature_that_does_not_verify_is_withheld(
         request = [r for r in agent.audit_records() if r["id"] == outcome["request"]]
         assert request[0]["event"] == "sign_request"
         # A healthy card again: signing works as before.
-        monkeypatch.setattr(sim, "process", process)
+        agent.faulty_signatures(False)
         sign_ok(agent, c)
 
 

@@ -12,6 +12,8 @@ ROUTES = {
     ("post", "/v1/pair/claim"),
     ("get", "/v1/card"),
     ("get", "/v1/card/certificates"),
+    ("get", "/v1/card/driver"),
+    ("get", "/v1/card/identify"),
     ("get", "/v1/pin"),
     ("post", "/v1/pin/verify"),
     ("post", "/v1/pin/change"),

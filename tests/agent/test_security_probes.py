@@ -407,8 +407,8 @@ def test_invalid_inputs_are_422(agent: Agent, client: httpx.Client) -> None:
         ("/v1/pair", {"client_name": "x", "origin": ORIGIN}),
         ("/v1/pair/claim", {"request_id": "x", "token": "y"}),
     ]
-    tries = agent.sim.state.pin.tries_left
-    signed = len([a for a in agent.apdus if a[1] == 0x2A])
+    tries = agent.pin_tries_left()
+    signed = agent.signatures_made()
     for path, body in cases:
         r = client.post(path, json=body)
         error = assert_error(r, 422, "invalid_input")
@@ -420,9 +420,9 @@ def test_invalid_inputs_are_422(agent: Agent, client: httpx.Client) -> None:
         )
         assert r.status_code in (400, 422), r.text
         assert_error(r, r.status_code, "invalid_input")
-    assert agent.sim.state.pin.tries_left == tries
+    assert agent.pin_tries_left() == tries
     # None of them reached the card's signing key (no PSO).
-    assert len([a for a in agent.apdus if a[1] == 0x2A]) == signed
+    assert agent.signatures_made() == signed
 
 
 def test_errors_are_readable_by_the_listed_origin_and_keep_the_connection(

@@ -18,6 +18,7 @@ import pytest
 
 from agent.runtime import build_runtime
 from tests.pcscd_support import BACKENDS, plugged_card
+from tests.skf.softskf.plugged import plugged_skf_card
 
 from .harness import CompatAgent, loopback_socket, make_config, serve
 
@@ -30,7 +31,8 @@ def agent_factory(
 ) -> Iterator[StartAgent]:
     """`start(card={...}, compat={...}, security={...})` -> a running agent built by
     build_runtime with its state under `root`; all stopped when the block ends. With
-    backend "pcsc" the card the settings describe sits behind pcscd + vpcd instead."""
+    backend "pcsc" the card the settings describe sits behind pcscd + vpcd instead, with
+    "skf" in a softskf token."""
     with contextlib.ExitStack() as stack:
         numbers = itertools.count()
 
@@ -38,7 +40,15 @@ def agent_factory(
             home = root / f"agent{next(numbers)}"
             home.mkdir(parents=True)
             sock = loopback_socket()
-            vpcd = None
+            vpcd = skf = None
+            if backend == "skf":
+                skf = stack.enter_context(plugged_skf_card(home / "token", sections.get("card")))
+                card = {
+                    k: v
+                    for k, v in (sections.get("card") or {}).items()
+                    if k not in ("profile", "timing")
+                }
+                sections["card"] = {**card, "backend": "skf", "registry": str(skf.registry_path)}
             if backend == "pcsc":
                 assert request is not None
                 vpcd = stack.enter_context(plugged_card(request, sections.get("card")))
@@ -50,7 +60,9 @@ def agent_factory(
                 sections["card"] = {**card, "backend": "pcsc", "reader": vpcd.reader}
             config = make_config(home, api_port=sock.getsockname()[1], **sections)
             runtime = build_runtime(config)
-            return stack.enter_context(serve(runtime, sock, log_path=home / "agent.log", vpcd=vpcd))
+            return stack.enter_context(
+                serve(runtime, sock, log_path=home / "agent.log", vpcd=vpcd, skf=skf)
+            )
 
         yield start
 

@@ -30,6 +30,7 @@ from agent.runtime import Runtime, audit_path
 from card.crypto.certs import certificate_to_pem
 from card.crypto.sm2 import raw_to_der
 from tests.pcscd_support import CardHandle, PcscCard
+from tests.skf.softskf.plugged import SkfCard
 from tests.support.audit import audit_records, signatures
 from tests.support.constants import CARD_PIN, SW_ORIGIN
 from tests.support.logs import captured_logs
@@ -75,6 +76,8 @@ class CompatAgent(CardHandle):
     compat: CompatServer = field(repr=False)
     log_path: Path | None
     vpcd: PcscCard | None = field(default=None, repr=False)  # PC/SC backend only
+    skf: SkfCard | None = field(default=None, repr=False)  # SKF backend only
+    apdus: list[bytes] = field(default_factory=list, repr=False)  # watch_card()
 
     @property
     def port(self) -> int:
@@ -111,6 +114,7 @@ def serve(
     *,
     log_path: Path | None = None,
     vpcd: PcscCard | None = None,
+    skf: SkfCard | None = None,
 ) -> Iterator[CompatAgent]:
     """Run the main app (its lifespan starts the card owner, the service and the
     CompatServer) until the block ends."""
@@ -118,8 +122,9 @@ def serve(
     try:
         with logs, ServerThread(runtime.app, sock) as server:
             compat = next(c for c in runtime.components if isinstance(c, CompatServer))
-            agent = CompatAgent(runtime, server.port, compat, log_path, vpcd)
-            if vpcd is not None:  # the owner thread sees the card at its first reader poll
+            agent = CompatAgent(runtime, server.port, compat, log_path, vpcd, skf)
+            agent.watch_card()
+            if vpcd is not None or skf is not None:  # seen at the owner's first poll
                 deadline = time.monotonic() + START_TIMEOUT_S
                 while not runtime.service.card_state.card_present:
                     assert time.monotonic() < deadline, "the agent never saw the card"

@@ -29,7 +29,7 @@ def test_wrong_pin_reports_tries_left(agent: CompatAgent) -> None:
             page.call("cus-sec_SpcSignDataAsPEM", {"inData": "x", "passwd": "11111111"})
         )
         assert "8次" in message
-    assert agent.sim.state.pin.tries_left == 8
+    assert agent.pin_tries_left() == 8
     assert sign_count(agent) == 0  # a failed verify never reaches the signing step
 
 
@@ -37,7 +37,7 @@ def test_the_page_cannot_spend_the_last_try(agent: CompatAgent) -> None:
     with agent.client() as page:
         for _ in range(9):
             page.call("cus-sec_SpcVerifyPIN", {"passwd": "11111111"})
-        assert agent.sim.state.pin.tries_left == 1
+        assert agent.pin_tries_left() == 1
         for method, args in (
             ("cus-sec_SpcVerifyPIN", {"passwd": "11111111"}),
             ("cus-sec_SpcVerifyPIN", {"passwd": CARD_PIN}),  # even the right one
@@ -47,7 +47,7 @@ def test_the_page_cannot_spend_the_last_try(agent: CompatAgent) -> None:
             message, code = error_of(page.call(method, args))
             assert code == "Err:CardAgent.pin_tries_low"
             assert "只剩1次" in message
-    assert agent.sim.state.pin.tries_left == 1
+    assert agent.pin_tries_left() == 1
 
 
 def test_blocked_pin(start_agent: StartAgent) -> None:
@@ -58,7 +58,7 @@ def test_blocked_pin(start_agent: StartAgent) -> None:
         _, code = error_of(page.call("cus-sec_SpcChangePIN", {"oldPin": CARD_PIN, "newPin": "x"}))
         assert code == "Err:CardAgent.pin_blocked"
         # Reading still works: pages show who the card belongs to.
-        assert ok_data(page.call("cus-sec_SpcGetCardID")) == [agent.sim.state.card_number]
+        assert ok_data(page.call("cus-sec_SpcGetCardID")) == [agent.card_data.card_number]
 
 
 def test_change_pin_and_no_pin_anywhere(agent: CompatAgent) -> None:
@@ -113,7 +113,7 @@ def test_card_pulled_means_insert_the_card(agent: CompatAgent, tmp_path: Path) -
             page.call("cus-sec_SpcSignDataAsPEM", {"inData": "x", "passwd": CARD_PIN})
         )
     raw = base64.b64decode(signature)
-    assert openssl_verifies(agent.sim.state.sign_cert, b"x", raw, tmp_path)
+    assert openssl_verifies(agent.card_data.sign_cert, b"x", raw, tmp_path)
 
 
 # --- other card profiles ---------------------------------------------------------------------
@@ -121,7 +121,7 @@ def test_card_pulled_means_insert_the_card(agent: CompatAgent, tmp_path: Path) -
 
 def test_legacy_rsa1024_signs_sha1(start_agent: StartAgent, tmp_path: Path) -> None:
     agent = start_agent(card={"profile": "legacy-rsa1024"})
-    cert = agent.sim.state.sign_cert
+    cert = agent.card_data.sign_cert
     text = "<ds:SignedInfo>rsa-sha1</ds:SignedInfo>"
     digest = hashlib.sha1(text.encode()).digest()
     with agent.client() as page:
@@ -159,7 +159,7 @@ def test_rsa2048_signs_sha1_like_the_official_client(
     # The official client signs SHA-1 on every RSA card; the native API would use SHA-256
     # on this 2048-bit key, the compatibility endpoint must not.
     agent = start_agent(card={"profile": "rsa2048"})
-    cert = agent.sim.state.sign_cert
+    cert = agent.card_data.sign_cert
     text = "<ds:SignedInfo>rsa-sha1 on a 2048-bit card</ds:SignedInfo>"
     digest = hashlib.sha1(text.encode()).digest()
     with agent.client() as page:

@@ -41,7 +41,7 @@ def test_one_mib_signed_through_chunks(agent: CompatAgent, tmp_path: Path) -> No
     assert frame["_method"] == "cus-sec_SpcSignDataAsPEM"
     signature, _ = ok_data(frame["_args"])
     raw = base64.b64decode(signature)
-    assert openssl_verifies(agent.sim.state.sign_cert, text.encode(), raw, tmp_path)
+    assert openssl_verifies(agent.card_data.sign_cert, text.encode(), raw, tmp_path)
 
 
 def test_one_mib_unchunked_as_the_library_sends_most_calls(
@@ -53,7 +53,7 @@ def test_one_mib_unchunked_as_the_library_sends_most_calls(
             page.call("cus-sec_SpcSignDataAsPEM", {"inData": text, "passwd": CARD_PIN})
         )
     raw = base64.b64decode(signature)
-    assert openssl_verifies(agent.sim.state.sign_cert, text.encode(), raw, tmp_path)
+    assert openssl_verifies(agent.card_data.sign_cert, text.encode(), raw, tmp_path)
 
 
 def test_a_corrupt_chunk_is_asked_for_again(agent: CompatAgent) -> None:

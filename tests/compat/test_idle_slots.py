@@ -15,8 +15,6 @@ import time
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from simulator.knobs import TimingModel
-
 from .conftest import StartAgent
 from .harness import CARD_PIN, CompatAgent, CompatClient, ok_data
 
@@ -43,10 +41,10 @@ def test_the_longest_idle_page_yields_its_slot(start_agent: StartAgent) -> None:
         for page in pages[1:]:
             ok_data(page.call("cus-sec_SpcGetCardID"))  # more recently active than pages[0]
         with agent.client() as newcomer:  # the next visitor's page
-            assert ok_data(newcomer.call("cus-sec_SpcGetCardID")) == [agent.sim.state.card_number]
+            assert ok_data(newcomer.call("cus-sec_SpcGetCardID")) == [agent.card_data.card_number]
             assert closed_with(pages[0]) == 1001
             # Its session ended with it: the card is no longer verified for anyone.
-            assert agent.wait_for(lambda: not agent.sim.verified)
+            assert agent.wait_for(lambda: not agent.card_verified())
             for page in pages[1:]:
                 assert ok_data(page.call("cus-sec_SpcGetCardID"))
     finally:
@@ -56,7 +54,7 @@ def test_the_longest_idle_page_yields_its_slot(start_agent: StartAgent) -> None:
 
 def test_a_page_is_refused_only_when_every_slot_is_busy(start_agent: StartAgent) -> None:
     agent = start_agent(compat={"max_connections": SLOTS})
-    agent.sim.knobs.timing = TimingModel.flat(0.0, 0.5)  # a slow card signature
+    agent.slow_signatures(0.5)  # a slow card signature
     pages = [agent.client() for _ in range(SLOTS)]
     try:
         body = {"_method": "cus-sec_SpcSignRandom", "args": {"random": "r", "passwd": CARD_PIN}}
@@ -68,7 +66,7 @@ def test_a_page_is_refused_only_when_every_slot_is_busy(start_agent: StartAgent)
         for page in pages:
             assert page.recv()["_args"]["Result"] is True
     finally:
-        agent.sim.knobs.timing = TimingModel.INSTANT
+        agent.slow_signatures(0)
         for page in pages:
             page.close()
 
@@ -78,9 +76,9 @@ def test_idle_pages_are_closed_after_the_idle_timeout(start_agent: StartAgent) -
     page = agent.client()
     try:
         ok_data(page.call("cus-sec_SpcVerifyPIN", {"passwd": CARD_PIN}))
-        assert agent.sim.verified
+        assert agent.card_verified()
         assert closed_with(page, timeout=5.0) == 1001
-        assert agent.wait_for(lambda: not agent.sim.verified)
+        assert agent.wait_for(lambda: not agent.card_verified())
         assert len(agent.runtime.service.sessions) == 0
     finally:
         page.close()

@@ -1,4 +1,4 @@
-"""Every card method over a real WebSocket, against the in-process simulated card.
+"""Every card method over a real WebSocket, on every backend.
 
 Signatures are checked with the openssl CLI, not with the agent's own code.
 """
@@ -29,11 +29,11 @@ def agent(shared_agent: CompatAgent) -> CompatAgent:
 
 
 def sign_cert(agent: CompatAgent) -> CertificateInfo:
-    return parse_certificate(agent.sim.state.sign_cert)
+    return parse_certificate(agent.card_data.sign_cert)
 
 
 def env_cert(agent: CompatAgent) -> CertificateInfo:
-    return parse_certificate(agent.sim.state.enc_cert)
+    return parse_certificate(agent.card_data.enc_cert)
 
 
 # --- open / close, card and holder data -------------------------------------------------
@@ -50,18 +50,21 @@ def test_init_clear_and_priority(agent: CompatAgent, prefix: str) -> None:
 
 @pytest.mark.parametrize("prefix", PREFIXES)
 def test_card_and_holder_data(agent: CompatAgent, prefix: str) -> None:
-    state = agent.sim.state
+    state = agent.card_data
     with agent.client() as page:
         assert ok_data(page.call(prefix + "SpcGetCardID")) == [state.card_number]
         assert ok_data(page.call(prefix + "SpcGetCertNo")) == [sign_cert(agent).serial_hex]
         assert ok_data(page.call(prefix + "SpcGetUName")) == [state.holder_name]
-        assert ok_data(page.call(prefix + "SpcGetEntID")) == [state.enterprise_code]
+        # An SKF token carries no customs code (it is not in the certificates): the
+        # documented fallback, the USCC, answers.
+        ent_id = state.enterprise_code if agent.skf is None else state.uscc
+        assert ok_data(page.call(prefix + "SpcGetEntID")) == [ent_id]
         assert ok_data(page.call(prefix + "SpcGetEntName")) == [state.company_name]
         assert ok_data(page.call(prefix + "SpcGetEntMode")) == ["01"]  # legal-person card
 
 
 def test_card_user_info_fields_the_login_page_reads(agent: CompatAgent) -> None:
-    state = agent.sim.state
+    state = agent.card_data
     with agent.client() as page:
         (info,) = ok_data(page.call("cus-sec_SpcGetCardUserInfo"))
         fields = info.split("||")
@@ -75,7 +78,7 @@ def test_card_user_info_fields_the_login_page_reads(agent: CompatAgent) -> None:
 
 @pytest.mark.parametrize("prefix", PREFIXES)
 def test_certificates(agent: CompatAgent, prefix: str) -> None:
-    state = agent.sim.state
+    state = agent.card_data
     with agent.client() as page:
         for func in ("SpcGetSignCert", "SpcGetSignCertAsPEM"):
             (value,) = ok_data(page.call(prefix + func))
@@ -100,13 +103,13 @@ def test_valid_time(agent: CompatAgent) -> None:
         (times,) = ok_data(page.call("cus-sec_SpcGetValidTimeFromCert"))
         assert times == _times(sign_cert(agent))
         assert len(times["szEndTime"]) == 14  # the CAS page insists on 14 digits
-        env = base64.b64encode(agent.sim.state.enc_cert).decode()
+        env = base64.b64encode(agent.card_data.enc_cert).decode()
         (times,) = ok_data(page.call("cus-sec_SpcGetValidTimeFromCert", {"cert": env}))
         assert times == _times(env_cert(agent))
-        pem = certificate_to_pem(agent.sim.state.enc_cert)
+        pem = certificate_to_pem(agent.card_data.enc_cert)
         (times,) = ok_data(page.call("cus-sec_SpcGetValidTimeFromCert", {"cert": pem}))
         assert times == _times(env_cert(agent))
-        as_bytes = list(agent.sim.state.enc_cert)
+        as_bytes = list(agent.card_data.enc_cert)
         args = {"certByteArray": as_bytes}
         (times,) = ok_data(page.call("security_SpcGetValidTimeFromCert", args))
         assert times == _times(env_cert(agent))
@@ -121,13 +124,13 @@ def test_valid_time(agent: CompatAgent) -> None:
 def test_verify_pin(agent: CompatAgent, prefix: str) -> None:
     with agent.client() as page:
         assert ok_data(page.call(prefix + "SpcVerifyPIN", {"passwd": CARD_PIN})) == []
-        assert agent.sim.verified
+        assert agent.card_verified()
 
 
 def test_verify_pin_all_leaves_the_card_closed(agent: CompatAgent) -> None:
     with agent.client() as page:
         assert ok_data(page.call("cus-sec_SpcVerifyPINAll", {"passwd": CARD_PIN})) == []
-        assert not agent.sim.verified
+        assert not agent.card_verified()
         # "close" means no session either: signing needs the PIN again.
         _, code = error_of(page.call("cus-sec_SpcSignDataAsPEM", {"inData": "x"}))
         assert code == "Err:CardAgent.session_required"
@@ -137,19 +140,19 @@ def test_verify_pin_all_leaves_the_card_closed(agent: CompatAgent) -> None:
     "args", [{}, {"passwd": ""}, {"passwd": None}, {"passwd": 88888888}, {"passwd": "12"}]
 )
 def test_bad_pin_arguments_cost_no_try(agent: CompatAgent, args: dict[str, Any]) -> None:
-    before = agent.sim.state.pin.tries_left
+    before = agent.pin_tries_left()
     with agent.client() as page:
         message, code = error_of(page.call("cus-sec_SpcVerifyPIN", args))
     assert code == "Err:Base50000"
     assert "88888888" not in message
-    assert agent.sim.state.pin.tries_left == before
+    assert agent.pin_tries_left() == before
 
 
 def test_clear_env_ends_the_session(agent: CompatAgent) -> None:
     with agent.client() as page:
         ok_data(page.call("cus-sec_SpcVerifyPIN", {"passwd": CARD_PIN}))
         ok_data(page.call("cus-sec_SpcClearEnv"))
-        assert not agent.sim.verified
+        assert not agent.card_verified()
         _, code = error_of(page.call("cus-sec_SpcSignDataAsPEM", {"inData": "x"}))
         assert code == "Err:CardAgent.session_required"
 
@@ -173,8 +176,8 @@ def test_sign_data_sm2(agent: CompatAgent, method: str, tmp_path: Path) -> None:
     raw = base64.b64decode(signature)
     assert len(raw) == 64  # raw r||s, as the official client
     assert cert_no == sign_cert(agent).serial_hex
-    assert openssl_verifies(agent.sim.state.sign_cert, text.encode(), raw, tmp_path)
-    assert not openssl_verifies(agent.sim.state.sign_cert, b"other", raw, tmp_path / "neg")
+    assert openssl_verifies(agent.card_data.sign_cert, text.encode(), raw, tmp_path)
+    assert not openssl_verifies(agent.card_data.sign_cert, b"other", raw, tmp_path / "neg")
 
 
 def test_sign_after_verify_without_passwd(agent: CompatAgent, tmp_path: Path) -> None:
@@ -184,7 +187,7 @@ def test_sign_after_verify_without_passwd(agent: CompatAgent, tmp_path: Path) ->
         ok_data(page.call("cus-sec_SpcVerifyPIN", {"passwd": CARD_PIN}))
         signature, _ = ok_data(page.call("cus-sec_SpcSignDataAsPEM", {"inData": "x"}))
     raw = base64.b64decode(signature)
-    assert openssl_verifies(agent.sim.state.sign_cert, b"x", raw, tmp_path)
+    assert openssl_verifies(agent.card_data.sign_cert, b"x", raw, tmp_path)
 
 
 def test_a_session_belongs_to_its_connection(agent: CompatAgent) -> None:
@@ -208,7 +211,7 @@ def test_sign_no_hash_sm2(agent: CompatAgent, method: str, encoding: str, tmp_pa
         _, code = error_of(page.call(method, {"inData": "AAAA", "passwd": CARD_PIN}))
         assert code == "Err:Base50000"
     raw = base64.b64decode(signature)
-    assert openssl_verifies(agent.sim.state.sign_cert, message, raw, tmp_path)
+    assert openssl_verifies(agent.card_data.sign_cert, message, raw, tmp_path)
 
 
 @pytest.mark.parametrize("prefix", PREFIXES)
@@ -219,7 +222,7 @@ def test_sign_random_is_a_login(agent: CompatAgent, prefix: str, tmp_path: Path)
             page.call(prefix + "SpcSignRandom", {"random": random, "passwd": CARD_PIN})
         )
     raw = base64.b64decode(signature)
-    assert openssl_verifies(agent.sim.state.sign_cert, random.encode(), raw, tmp_path)
+    assert openssl_verifies(agent.card_data.sign_cert, random.encode(), raw, tmp_path)
     record = agent.signatures()[-1]
     assert record["purpose"] == "login"
     assert record["result"] == "ok"
@@ -270,11 +273,11 @@ def test_verify_sign_data(agent: CompatAgent, prefix: str) -> None:
         )
         args = {"inData": text, "signData": signature}
         assert ok_data(page.call(prefix + "SpcVerifySignData", args)) == []
-        pem = certificate_to_pem(agent.sim.state.sign_cert)
+        pem = certificate_to_pem(agent.card_data.sign_cert)
         assert ok_data(page.call(prefix + "SpcVerifySignData", {**args, "certDataPEM": pem})) == []
         _, code = error_of(page.call(prefix + "SpcVerifySignData", {**args, "inData": "改"}))
         assert code == "Err:CardAgent.signature_invalid"
-        env = base64.b64encode(agent.sim.state.enc_cert).decode()
+        env = base64.b64encode(agent.card_data.enc_cert).decode()
         _, code = error_of(page.call(prefix + "SpcVerifySignData", {**args, "certDataPEM": env}))
         assert code == "Err:CardAgent.signature_invalid"
         _, code = error_of(page.call(prefix + "SpcVerifySignData", {**args, "signData": "!"}))
@@ -331,4 +334,4 @@ def test_odd_frames(agent: CompatAgent) -> None:
         frame = page.recv()
         assert frame["_id"] == "abc"  # string ids are echoed as they came
         assert frame["_args"]["Error"][1] == "Err:Base50000"
-        assert ok_data(page.call("cus-sec_SpcGetCardID")) == [agent.sim.state.card_number]
+        assert ok_data(page.call("cus-sec_SpcGetCardID")) == [agent.card_data.card_number]

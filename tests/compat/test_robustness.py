@@ -13,14 +13,13 @@ import pytest
 
 from agent.compat.server import CompatLimits, CompatServer, OriginPolicy
 from agent.service import CardService
-from simulator.knobs import TimingModel
 
 from .conftest import agent_factory
 from .harness import CARD_PIN, CompatAgent, loopback_socket, ok_data
 
 
 def test_a_page_closing_mid_request_leaves_the_agent_healthy(agent: CompatAgent) -> None:
-    agent.sim.knobs.timing = TimingModel.flat(0.0, 0.6)  # a slow card signature
+    agent.slow_signatures(0.6)  # a slow card signature
     page = agent.client()
     page.send(
         json.dumps(
@@ -36,12 +35,12 @@ def test_a_page_closing_mid_request_leaves_the_agent_healthy(agent: CompatAgent)
     # The card job finishes; nothing stays stuck and the card is left unverified (the
     # connection's session was ended and the card's verified state cleared).
     assert agent.wait_for(lambda: agent.runtime.owner.health().busy_for_s is None, 10)
-    assert agent.wait_for(lambda: not agent.sim.verified, 10)
+    assert agent.wait_for(lambda: not agent.card_verified(), 10)
     assert len(agent.runtime.service.sessions) == 0
-    agent.sim.knobs.timing = TimingModel.INSTANT
+    agent.slow_signatures(0)
     started = time.monotonic()
     with agent.client() as page:
-        assert ok_data(page.call("cus-sec_SpcGetCardID")) == [agent.sim.state.card_number]
+        assert ok_data(page.call("cus-sec_SpcGetCardID")) == [agent.card_data.card_number]
         ok_data(page.call("cus-sec_SpcSignDataAsPEM", {"inData": "next", "passwd": CARD_PIN}))
     assert time.monotonic() - started < 5
     # The interrupted signature was still recorded: an audit id names every card signing.
@@ -66,8 +65,8 @@ def test_a_lone_surrogate_id_is_answered_and_the_page_stays_connected(
 def test_closing_the_page_clears_the_card(agent: CompatAgent) -> None:
     with agent.client() as page:
         ok_data(page.call("cus-sec_SpcVerifyPIN", {"passwd": CARD_PIN}))
-        assert agent.sim.verified
-    assert agent.wait_for(lambda: not agent.sim.verified)
+        assert agent.card_verified()
+    assert agent.wait_for(lambda: not agent.card_verified())
     assert len(agent.runtime.service.sessions) == 0
 
 
@@ -91,10 +90,10 @@ def test_stopping_the_agent_with_a_page_open(tmp_path: Path) -> None:
         agent = start()
         page = agent.client()
         ok_data(page.call("cus-sec_SpcVerifyPIN", {"passwd": CARD_PIN}))
-        assert agent.sim.verified
+        assert agent.card_verified()
     # Stopping closed the page's connection, which ended its session and cleared the
     # card before the card owner stopped (the harness checks that the server stopped).
-    assert not agent.sim.verified
+    assert not agent.card_verified()
     page.close()
 
 

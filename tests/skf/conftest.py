@@ -51,6 +51,8 @@ class SoftSkf:
         self.control = SoftSkfControl(directory / "softskf.control")
         self._test_api = ctypes.CDLL(str(library_path))
         self._test_api.SOFTSKF_OpenHandles.restype = ctypes.c_uint32
+        self._test_api.SOFTSKF_CallCount.restype = ctypes.c_uint32
+        self._test_api.SOFTSKF_CallCount.argtypes = (ctypes.c_char_p,)
         self._test_api.SOFTSKF_Reset()
         self.library = SkfLibrary(library_path)
         self._drivers: list[SkfDriver] = []
@@ -70,6 +72,10 @@ class SoftSkf:
 
     def open_handles(self) -> int:
         return int(self._test_api.SOFTSKF_OpenHandles())
+
+    def calls(self, function: str) -> int:
+        """Calls of `function` since this test began."""
+        return int(self._test_api.SOFTSKF_CallCount(function.encode()))
 
     def close(self) -> None:
         self.control.hang(None)  # let an abandoned call finish

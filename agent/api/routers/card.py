@@ -1,4 +1,5 @@
-"""The card in the reader: who it belongs to, and its certificates."""
+"""The card in the reader: who it belongs to, its certificates, which driver serves it,
+and what it is (a support report)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,14 @@ from datetime import UTC, datetime
 from fastapi import APIRouter
 
 from agent.api.dependencies import Authenticated, Context
-from agent.api.models import CardAnswer, CertificateAnswer, CertificatesAnswer, error_responses
+from agent.api.models import (
+    CardAnswer,
+    CertificateAnswer,
+    CertificatesAnswer,
+    DriverAnswer,
+    IdentifyAnswer,
+    error_responses,
+)
 from card.crypto.certs import certificate_summary
 from card.eport.driver import CertSlot
 
@@ -36,3 +44,16 @@ async def certificates(_: Authenticated, context: Context) -> CertificatesAnswer
         for slot, info in certs.items()
     }
     return CertificatesAnswer(sign=summary[CertSlot.SIGN], encrypt=summary[CertSlot.ENCRYPT])
+
+
+@router.get("/v1/card/driver", responses=error_responses(422))
+async def driver(_: Authenticated, context: Context) -> DriverAnswer:
+    """The driver serving the card, and the registry entry that chose it."""
+    return DriverAnswer.model_validate(await context.service.driver_info())
+
+
+@router.get("/v1/card/identify")
+async def identify(_: Authenticated, context: Context) -> IdentifyAnswer:
+    """ATR, registry match, answering applications / SKF enumeration: no PIN, nothing
+    read or written. Ends open signing sessions (the card is re-opened)."""
+    return IdentifyAnswer.model_validate(await context.service.identify())

@@ -4,6 +4,7 @@ the PIN's tries, and (with --sign) a test signature."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import time
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from card.crypto.sm2 import sm2_verify
 from card.crypto.verify import verify_digest
 from card.eport.atr import describe_atr
 from card.eport.driver import CertSlot, SignAlgorithm
+from card.identify import DriverInfo
 
 EXPIRY_WARN_DAYS = 30  # the Single Window warns under 30 days
 NO_CARD = Outcome(
@@ -45,18 +47,24 @@ async def card(ctx: SelftestContext) -> Outcome:
         return NO_CARD if exc.code == "card_missing" else card_failure(exc, "card")
     if atr is None and ctx.reader is not None:
         atr = ctx.reader.atr
-    known = describe_atr(atr) if atr is not None else None
-    details = {"atr": _hex(atr), "known_atr": known}
-    if atr is None:
-        return Outcome(
-            "pass",
-            "E-Port application selected (ATR not visible through the API)",
-            details=details,
-        )
+    try:
+        driver: DriverInfo | None = await ctx.access.driver_info()
+    except CardCommandError:  # an agent older than the driver endpoint; the card opened
+        driver = None
+    known = describe_atr(atr) if atr else None
+    details = {
+        "atr": _hex(atr) if atr else None,
+        "known_atr": known,
+        "driver": dataclasses.asdict(driver) if driver is not None else None,
+    }
+    opened = "E-Port application selected"
+    if driver is not None:
+        opened = f"driver {driver.describe()}"
+    if not atr:
+        hidden = "an SKF library hides it" if driver and driver.driver == "skf" else "not visible"
+        return Outcome("pass", f"ATR {hidden}; {opened}", details=details)
     what = known or "ATR not in the known-ATR table"
-    return Outcome(
-        "pass", f"ATR {_hex(atr)} ({what}); E-Port application selected", details=details
-    )
+    return Outcome("pass", f"ATR {_hex(atr)} ({what}); {opened}", details=details)
 
 
 @check("card_info", "card info readable", order=60, needs=(Need.CARD,))
@@ -118,7 +126,7 @@ async def chain(ctx: SelftestContext) -> Outcome:
     assert cert is not None  # Need.CERTIFICATE
     bundle = ctx.config.card.ca_bundle
     if bundle is None:
-        if ctx.pcsc:
+        if ctx.config.card.backend != "simulated":
             return Outcome(
                 "warn",
                 "no CA bundle configured: chain not checked",

@@ -20,11 +20,13 @@ class SoftSkfControl:
         self.path = path
         self._settings: dict[str, str] = {"present": "1", "generation": "0"}
         self._fails: dict[str, int] = {}
+        self._delays: dict[str, int] = {}
         self._write()
 
     def _write(self) -> None:
         lines = [f"{k}={v}" for k, v in self._settings.items()]
         lines += [f"fail={fn}:0x{code:08X}" for fn, code in self._fails.items()]
+        lines += [f"delay={fn}:{ms}" for fn, ms in self._delays.items()]
         tmp = self.path.with_name(self.path.name + ".new")
         tmp.write_text("\n".join(lines) + "\n", encoding="ascii")
         os.replace(tmp, self.path)
@@ -68,6 +70,19 @@ class SoftSkfControl:
     def cancel_result(self, code: int) -> None:
         """What a cancelled SKF_WaitForDevEvent returns."""
         self._set("cancel_rc", f"0x{code:08X}")
+
+    def delays(self, seconds: dict[str, float]) -> None:
+        """These functions take this long (0: no delay), as a slow token does."""
+        for function, value in seconds.items():
+            if value > 0:
+                self._delays[function] = round(value * 1000)
+            else:
+                self._delays.pop(function, None)
+        self._write()
+
+    def corrupt_signatures(self, corrupt: bool) -> None:
+        """SKF_ECCSignData / SKF_RSASignData return a signature with one bit flipped."""
+        self._set("corrupt_signature", "1" if corrupt else None)
 
     def signature_alignment(self, alignment: Literal["right", "left"]) -> None:
         """Where SKF_ECCSignData puts r and s in their 64-byte fields (the standard:

@@ -11,8 +11,10 @@
  * (SKF_RSASignData: PKCS#1 v1.5 type-1 padding of the data as given) signatures,
  * SKF_DigestInit/SKF_Digest (SM3 with Z), device events.
  *
- * Store file ($SOFTSKF_STORE), one "keyword value" per line, written by
- * tests/skf/softskf/store.py; the PIN counters are written back on every change:
+ * Store file ($SOFTSKF_STORE, else "<this library's file>.store", so that a copy of the
+ * library in a test agent's directory has a store of its own: one process can then
+ * load several independent softskf instances), one "keyword value" per line, written
+ * by tests/skf/softskf/store.py; the PIN counters are written back on every change:
  *
  *     softskf-store 1
  *     device <name>            serial / label / manufacturer <text>
@@ -35,12 +37,22 @@
  *                              blocks, "<control file>.hanging" holds its name
  *     wrong_size=<function>:short|overflow   a size query answers 8 bytes too few /
  *                              a fetch reports 64 bytes more than the buffer holds
+ *     delay=<function>:<ms>    that function takes that long (repeatable): a slow token
+ *     corrupt_signature=1      SKF_ECCSignData / SKF_RSASignData flip one bit of what
+ *                              they return (a faulty token)
+ *
+ * For the tests, besides SOFTSKF_Reset / SOFTSKF_OpenHandles / SOFTSKF_Layout:
+ * SOFTSKF_CallCount(name) counts the calls of an SKF function since the last reset (every
+ * call that got past its hang, whatever it returned; SKF_WaitForDevEvent and
+ * SKF_CancelWaitForDevEvent are not counted), SOFTSKF_UserLoggedIn() says whether any
+ * application's user PIN is verified.
  *
  * Compiled by tests/skf/softskf/build.py; -DSOFTSKF_NO_DEV_EVENTS leaves out
  * SKF_WaitForDevEvent and SKF_CancelWaitForDevEvent (a library without them).
  */
 
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -168,6 +180,7 @@ struct store {
 /* --- the control file ----------------------------------------------------------------- */
 
 #define MAX_FAILS 8
+#define MAX_DELAYS 8
 struct control {
     int present;
     unsigned generation;
@@ -182,6 +195,10 @@ struct control {
     char hang_fn[48];
     char wrong_size_fn[48];
     int wrong_size_overflow; /* 0: short, 1: overflow */
+    int ndelay;
+    char delay_fn[MAX_DELAYS][48];
+    long delay_ms[MAX_DELAYS];
+    int corrupt_signature;
 };
 
 /* --- handles -------------------------------------------------------------------------- */
@@ -270,10 +287,31 @@ static void write_hex(FILE *f, const char *key, const struct blob *b)
     fputc('\n', f);
 }
 
+/* "<the file this library was loaded from>.store", found once. */
+static char g_own_store[2048]; /* shorter than the paths derived from it */
+static pthread_once_t g_own_store_once = PTHREAD_ONCE_INIT;
+
+static void find_own_store(void)
+{
+    Dl_info info;
+    if (dladdr((void *)&find_own_store, &info) && info.dli_fname && *info.dli_fname &&
+        snprintf(g_own_store, sizeof g_own_store, "%s.store", info.dli_fname) >=
+            (int)sizeof g_own_store)
+        g_own_store[0] = '\0'; /* too long a path: no store of its own */
+}
+
+static int g_store_is_own; /* the store path is the library's own: it may be missing */
+
 static const char *store_path(void)
 {
     const char *p = getenv("SOFTSKF_STORE");
-    return p && *p ? p : NULL;
+    if (p && *p) {
+        g_store_is_own = 0;
+        return p;
+    }
+    pthread_once(&g_own_store_once, find_own_store);
+    g_store_is_own = 1;
+    return *g_own_store ? g_own_store : NULL;
 }
 
 /* --- reading and writing the store ---------------------------------------------------- */
@@ -300,7 +338,7 @@ static int load_store(struct store *s)
         return 0;
     FILE *f = fopen(path, "r");
     if (!f)
-        return -1;
+        return g_store_is_own && errno == ENOENT ? 0 : -1; /* no store of its own: empty */
     char *line = NULL;
     size_t cap = 0;
     ssize_t got;
@@ -483,6 +521,15 @@ static void read_control(struct control *c)
             c->fail_rc[c->nfail++] = (ULONG)strtoul(code, NULL, 0);
         } else if (!strcmp(line, "hang")) {
             copy_text(c->hang_fn, sizeof c->hang_fn, value);
+        } else if (!strcmp(line, "delay") && c->ndelay < MAX_DELAYS) {
+            char *ms = strchr(value, ':');
+            if (!ms)
+                continue;
+            *ms++ = '\0';
+            copy_text(c->delay_fn[c->ndelay], sizeof c->delay_fn[0], value);
+            c->delay_ms[c->ndelay++] = strtol(ms, NULL, 10);
+        } else if (!strcmp(line, "corrupt_signature")) {
+            c->corrupt_signature = atoi(value) != 0;
         } else if (!strcmp(line, "wrong_size")) {
             char *mode = strchr(value, ':');
             if (mode)
@@ -566,6 +613,32 @@ static void hang_if_asked(const char *fn)
         unlink(marker);
 }
 
+/* Calls per function since the last reset (SOFTSKF_CallCount). */
+#define MAX_COUNTED 48
+static struct { char fn[48]; unsigned long n; } g_calls[MAX_COUNTED];
+static pthread_mutex_t g_calls_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void count_call(const char *fn)
+{
+    pthread_mutex_lock(&g_calls_lock);
+    for (int i = 0; i < MAX_COUNTED; i++) {
+        if (!g_calls[i].fn[0])
+            copy_text(g_calls[i].fn, sizeof g_calls[i].fn, fn);
+        if (!strcmp(g_calls[i].fn, fn)) {
+            g_calls[i].n++;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&g_calls_lock);
+}
+
+static void delay_if_asked(const struct control *c, const char *fn)
+{
+    for (int i = 0; i < c->ndelay; i++)
+        if (!strcmp(c->delay_fn[i], fn) && c->delay_ms[i] > 0)
+            sleep_ms(c->delay_ms[i]);
+}
+
 static ULONG forced_failure(const struct control *c, const char *fn)
 {
     for (int i = 0; i < c->nfail; i++)
@@ -579,6 +652,9 @@ static ULONG forced_failure(const struct control *c, const char *fn)
 static ULONG begin(const char *fn, struct control *c)
 {
     hang_if_asked(fn);
+    count_call(fn);
+    read_control(c);
+    delay_if_asked(c, fn); /* before the lock: a slow call does not hold up the others */
     pthread_mutex_lock(&g_lock);
     read_control(c);
     if (load_store(&g_store) != 0) {
@@ -1125,6 +1201,8 @@ EXPORT ULONG SKF_ECCSignData(HCONTAINER hContainer, BYTE *pbDigest, ULONG ulDige
         memset(pSignature, 0, sizeof *pSignature);
         BN_bn2binpad(ECDSA_SIG_get0_r(sig), pSignature->r + at, 32);
         BN_bn2binpad(ECDSA_SIG_get0_s(sig), pSignature->s + at, 32);
+        if (c.corrupt_signature)
+            pSignature->s[63] ^= 0x01;
         rv = SAR_OK;
     }
     ECDSA_SIG_free(sig);
@@ -1164,6 +1242,8 @@ EXPORT ULONG SKF_RSASignData(HCONTAINER hContainer, BYTE *pbData, ULONG ulDataLe
             EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) == 1 &&
             EVP_PKEY_sign(ctx, pbSignature, &out, pbData, ulDataLen) == 1) {
             *pulSignLen = (ULONG)out;
+            if (c.corrupt_signature && out)
+                pbSignature[out - 1] ^= 0x01;
             rv = SAR_OK;
         }
         EVP_PKEY_CTX_free(ctx);
@@ -1345,12 +1425,38 @@ EXPORT void SOFTSKF_Reset(void)
     pthread_mutex_lock(&g_event_lock);
     g_observed = 0;
     g_nevents = 0;
+    pthread_mutex_lock(&g_calls_lock);
+    memset(g_calls, 0, sizeof g_calls);
+    pthread_mutex_unlock(&g_calls_lock);
 #ifndef SOFTSKF_NO_DEV_EVENTS
     g_waiting = 0;
     g_cancel_pending = 0;
 #endif
     pthread_mutex_unlock(&g_event_lock);
     pthread_mutex_unlock(&g_lock);
+}
+
+/* How many calls of `fn` since the last reset. */
+EXPORT ULONG SOFTSKF_CallCount(const char *fn)
+{
+    unsigned long n = 0;
+    pthread_mutex_lock(&g_calls_lock);
+    for (int i = 0; i < MAX_COUNTED && g_calls[i].fn[0]; i++)
+        if (fn && !strcmp(g_calls[i].fn, fn))
+            n = g_calls[i].n;
+    pthread_mutex_unlock(&g_calls_lock);
+    return (ULONG)n;
+}
+
+/* 1 when some application's user PIN is verified (a login the card would honour). */
+EXPORT ULONG SOFTSKF_UserLoggedIn(void)
+{
+    ULONG in = 0;
+    pthread_mutex_lock(&g_lock);
+    for (int a = 0; a < MAX_APPS; a++)
+        in |= g_login[a] == 2;
+    pthread_mutex_unlock(&g_lock);
+    return in;
 }
 
 /* How many handles are open (a driver that leaks handles shows here). */
