@@ -49,6 +49,9 @@ ZERO_HASH = "0" * 64
 # Records are small (titles, digests, ids). A cap keeps a garbage line from costing
 # unbounded memory in verify/recovery, and it is the same limit on both sides.
 MAX_LINE_BYTES = 64 * 1024
+# How long the writer gathers records nobody waits for (`append_later`) before it writes
+# them; a record someone waits for (`submit`, `flush`) is written at once, with them.
+LAZY_WINDOW_S = 0.01
 _BLOCK = 64 * 1024
 
 # Defence in depth: the service never means to log these, so a field with such a name is
@@ -256,6 +259,7 @@ class AuditLog:
         self._queued = 0
         self._done = 0
         self._closing = False
+        self._flush_wanted = False
         self._writer: threading.Thread | None = None
         self._fd = -1
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -344,9 +348,10 @@ class AuditLog:
         return future
 
     def append_later(self, event: str, **fields: object) -> str:
-        """`submit` without waiting: the record's id at once. A crash can lose a record
-        not yet written: use it only for records whose loss `audit verify` can report
-        (the outcome of a request whose own record was written durably first)."""
+        """`submit` without waiting: the record's id at once; the writer writes it within
+        `LAZY_WINDOW_S` (sooner with a record someone waits for). A crash can lose a
+        record not yet written: use it only for records whose loss `audit verify` can
+        report (the outcome of a request whose own record was written durably first)."""
         pending = self._prepare(event, fields)
         self._enqueue(pending, None)
         return pending.id
@@ -364,9 +369,15 @@ class AuditLog:
                 self._writer.start()
             self._queue_cond.notify_all()
 
+    def _urgent(self) -> bool:
+        """Someone waits: a caller of `submit`, or of `flush`. Under _queue_cond."""
+        return self._flush_wanted or any(future is not None for _, future in self._queue)
+
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every queued record is written and fsynced; False on timeout."""
         with self._queue_cond:
+            self._flush_wanted = True
+            self._queue_cond.notify_all()
             target = self._queued
             return self._queue_cond.wait_for(lambda: self._done >= target, timeout)
 
@@ -429,8 +440,15 @@ class AuditLog:
                 self._queue_cond.wait_for(lambda: bool(self._queue) or self._closing)
                 if not self._queue:
                     return
+                if not self._closing and not self._urgent():
+                    # Only records nobody waits for (outcomes queued as an answer goes
+                    # out): gather for a moment rather than take the GIL from that answer.
+                    self._queue_cond.wait_for(
+                        lambda: self._closing or self._urgent(), timeout=LAZY_WINDOW_S
+                    )
                 batch = list(self._queue)
                 self._queue.clear()
+                self._flush_wanted = False
             try:
                 with self._lock:
                     records = self._write([pending for pending, _ in batch])

@@ -14,7 +14,7 @@ For each timing model of the simulated card (`instant`, then `realistic`) this s
 4. reads the server's RSS (VmRSS) after start-up and after the load.
 
 Per request it records the client-measured latency and the server's
-`Server-Timing: card;dur=X, queue;dur=Y`, and reports
+`Server-Timing: card;dur=X, queue;dur=Y, app;dur=Z`, and reports
 
     overhead = latency - card - queue
 
@@ -487,6 +487,7 @@ class Sample:
     latency_ms: float
     card_ms: float | None
     queue_ms: float | None
+    app_ms: float | None = None  # the sign handler's own time (Server-Timing `app`)
 
 
 @dataclass
@@ -506,6 +507,10 @@ class PhaseResult:
     queue_p99_ms: float | None = None
     overhead_p50_ms: float | None = None
     overhead_p99_ms: float | None = None
+    # app - card - queue: what the sign handler itself added, without the HTTP stack,
+    # the network and the wake-ups of sleeping threads and processes.
+    handler_overhead_p50_ms: float | None = None
+    handler_overhead_p99_ms: float | None = None
     card_mean_ms: float | None = None
     client_cpu_us_per_req: float | None = None
     server_cpu_us_per_req: float | None = None
@@ -575,7 +580,7 @@ async def run_phase(
                 continue
             timing = reply.headers.get("server-timing")
             st = parse_server_timing(timing) if timing else {}
-            samples.append(Sample((t1 - t0) * 1000, st.get("card"), st.get("queue")))
+            samples.append(Sample((t1 - t0) * 1000, st.get("card"), st.get("queue"), st.get("app")))
             done_at.append(t1)
 
     async def control() -> None:
@@ -640,6 +645,12 @@ async def run_phase(
         result.card_util = result.rps * result.card_mean_ms / 1000
         result.queue_p50_ms, result.queue_p99_ms = pct(queue, 50), pct(queue, 99)
         result.overhead_p50_ms, result.overhead_p99_ms = pct(overhead, 50), pct(overhead, 99)
+        handler = [
+            s.app_ms - (s.card_ms or 0) - (s.queue_ms or 0) for s in timed if s.app_ms is not None
+        ]
+        if handler:
+            result.handler_overhead_p50_ms = pct(handler, 50)
+            result.handler_overhead_p99_ms = pct(handler, 99)
     return result
 
 
@@ -874,6 +885,12 @@ def report(runs: list[ModelRun], args: argparse.Namespace) -> str:
                         f"  [{ok}] {name}: overhead {what} at {top} clients "
                         f"{value:.2f} ms (target <= {target:g} ms)"
                     )
+            if sp.handler_overhead_p50_ms is not None and sp.handler_overhead_p99_ms is not None:
+                out.append(
+                    f"  [info] {name}: of which the sign handler itself (Server-Timing app - "
+                    f"card - queue): p50 {sp.handler_overhead_p50_ms:.2f} ms, "
+                    f"p99 {sp.handler_overhead_p99_ms:.2f} ms"
+                )
         if (
             sp is not None
             and npz is not None
