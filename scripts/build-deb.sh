@@ -176,8 +176,9 @@ put "$S/docs/operations.md" /opt/card-agent/share/doc/operations.md 0644
 put "$S/config/card-agent.example.toml" /opt/card-agent/share/examples/config.toml 0644
 put "$S/systemd/card-agent.service.d/mqtt-broker.conf.example" \
   /opt/card-agent/share/examples/mqtt-broker.conf 0644
-put "$S/extension/managed_policy.example.json" \
-  /opt/card-agent/share/examples/chromium-policy.json 0644
+# The kiosk's Chromium policy and the extension's update manifest (docs/extension.md).
+put "$S/examples/kiosk/chromium-policy.json" /opt/card-agent/share/examples/chromium-policy.json 0644
+put "$S/examples/kiosk/updates.xml" /opt/card-agent/share/examples/updates.xml 0644
 # The browser extension, unpacked (docs/extension.md: load it, or pack it into a .crx).
 (cd "$S/extension" && find . -type f) | sort | while read -r f; do
   put "$S/extension/$f" "/opt/card-agent/extension/${f#./}" 0644

@@ -53,7 +53,7 @@ def test_a_lone_surrogate_id_is_answered_and_the_page_stays_connected(
 ) -> None:
     # Found by tests/fuzz/fuzz_compat.py: the reply echoed `_id` with a lone surrogate
     # (from a valid "\\ud800" escape) and could not be sent; the connection broke.
-    number = agent.sim.state.card_number
+    number = agent.card_data.card_number
     with agent.client() as page:
         page.send('{"_method":"cus-sec_SpcGetCardID","_id":"t\\ud800"}')
         frame = page.recv()

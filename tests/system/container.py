@@ -213,15 +213,33 @@ class Container:
         # cannot connect); then --wait blocks until the boot is over.
         state = "offline"
         while time.monotonic() < deadline:
-            state = self.exec(
-                "systemctl", "is-system-running", "--wait", check=False, timeout=timeout
-            ).stdout.strip()
+            try:
+                state = self.exec(
+                    "systemctl",
+                    "is-system-running",
+                    "--wait",
+                    check=False,
+                    timeout=max(1.0, deadline - time.monotonic()),
+                ).stdout.strip()
+            except subprocess.TimeoutExpired:
+                state = "still starting at the boot timeout"
+                break
             if state in ("running", "degraded"):
                 return time.monotonic() - started
             if state not in ("", "offline", "initializing", "starting"):
                 break
             time.sleep(0.1)
-        raise ContainerError(f"boot ended {state!r}:\n{self.journal(lines=60)}\n{self.console()}")
+        raise ContainerError(
+            f"boot ended {state!r}:\n{self._jobs()}\n{self.journal(lines=60)}\n{self.console()}"
+        )
+
+    def _jobs(self) -> str:
+        """What the boot still waits for (the units systemd has not finished)."""
+        try:
+            jobs = self.exec("systemctl", "list-jobs", "--no-pager", check=False, timeout=10)
+        except subprocess.TimeoutExpired:
+            return "systemctl list-jobs: no answer"
+        return "pending jobs:\n" + jobs.stdout
 
     def _find_leader(self, deadline: float) -> int:
         assert self._nspawn is not None
