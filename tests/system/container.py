@@ -33,6 +33,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -135,6 +136,10 @@ class Container:
         self.leader: int | None = None  # the container's init, as the host sees it
         for sub in ("upper", "work", "merged"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        # The upper directory gives the container's `/` its mode; mkdir's follows the
+        # test process's umask, which an in-process agent may have left at 0o077 (then
+        # no service user can traverse `/`).
+        (self.dir / "upper").chmod(stat.S_IMODE(lower.stat().st_mode))
 
     # --- starting nspawn -------------------------------------------------------------
 
