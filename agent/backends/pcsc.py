@@ -133,7 +133,7 @@ class PcscBackend:
     def _open_skf(
         self, entry: DriverEntry, spec: SkfLibraryDriver, reader: str | None
     ) -> CardDriver:
-        from card.skf.driver import SkfDriver, options_for
+        from agent.backends.skf import open_skf_driver
 
         library = self._library(spec.library)
         names = [name.text for name in library.enum_dev(True)]
@@ -144,19 +144,8 @@ class PcscBackend:
             )
         # A library over PC/SC usually names its devices after the readers.
         device = reader if reader in names else names[0]
-        driver = SkfDriver.open(library, options_for(spec, device))
-        self._skf_driver = driver
-        self._info = DriverInfo(
-            "skf",
-            f"registry entry {entry.name}",
-            entry.name,
-            entry.source,
-            library=str(spec.library),
-            device=device,
-            application=driver.discovery.application,
-            container=driver.discovery.container,
-        )
-        return driver
+        self._skf_driver, self._info = open_skf_driver(library, entry, spec, device)
+        return self._skf_driver
 
     def _library(self, path: Path) -> SkfLibrary:
         """The vendor library at `path`, loaded (in the owner thread) the first time an

@@ -55,6 +55,25 @@ def skf_entries(registry: Registry) -> tuple[DriverEntry, ...]:
     )
 
 
+def open_skf_driver(
+    library: SkfLibrary, entry: DriverEntry, spec: SkfLibraryDriver, device: str
+) -> tuple[SkfDriver, DriverInfo]:
+    """`device` of `library` opened as registry `entry` says (both backends open SKF
+    drivers this way), and how the agent reports it."""
+    driver = SkfDriver.open(library, options_for(spec, device))
+    info = DriverInfo(
+        "skf",
+        f"registry entry {entry.name}",
+        entry.name,
+        entry.source,
+        library=str(library.path),
+        device=device,
+        application=driver.discovery.application,
+        container=driver.discovery.container,
+    )
+    return driver, info
+
+
 class SkfBackend:
     """One vendor SKF library: its devices are the cards (module docstring)."""
 
@@ -123,19 +142,8 @@ class SkfBackend:
                 f"{entry.driver.library}, not the library this agent loaded "
                 f"({self.library.path})"
             )
-        driver = SkfDriver.open(self.library, options_for(entry.driver, device))
-        self._driver = driver
-        self._info = DriverInfo(
-            "skf",
-            f"registry entry {entry.name}",
-            entry.name,
-            entry.source,
-            library=str(self.library.path),
-            device=device,
-            application=driver.discovery.application,
-            container=driver.discovery.container,
-        )
-        return driver
+        self._driver, self._info = open_skf_driver(self.library, entry, entry.driver, device)
+        return self._driver
 
     def drop_driver(self) -> None:
         self._info = None

@@ -80,7 +80,7 @@ def main() -> None:
     args = parser.parse_args()
     lines = lock_lines(resolve(args.pip, args.python))
     LOCK.write_text(HEADER.format(arch=args.arch) + "".join(line + "\n" for line in lines))
-    print(f"wrote {len(lines)} pins to {LOCK.relative_to(ROOT)}", file=sys.stderr)
+    print(f"wrote {len(lines)} pinned requirements to {LOCK.relative_to(ROOT)}", file=sys.stderr)
 
 
 if __name__ == "__main__":
